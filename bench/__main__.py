@@ -1,0 +1,3 @@
+from tbps_bench.cli import main
+
+raise SystemExit(main())

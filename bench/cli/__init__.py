@@ -1,0 +1,38 @@
+"""``tbps-bench``: list plugins, evaluate methods x datasets, score external results, check data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tbps_bench.errors import BenchError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tbps_bench.cli import data_cmd, eval_cmd, list_cmd, score_cmd
+
+    parser = argparse.ArgumentParser(prog="tbps-bench", description=__doc__)
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="import a plugin file that registers methods or datasets (repeatable)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (list_cmd, eval_cmd, score_cmd, data_cmd):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        from tbps_bench.registry import load_plugin_file
+
+        for plugin in args.plugin:
+            load_plugin_file(plugin)
+        return int(args.run(args, argv) or 0)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

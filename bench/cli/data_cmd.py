@@ -1,0 +1,47 @@
+"""``tbps-bench data check|info``: verify a dataset copy against its spec; print statistics."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("data", help="check or describe a dataset copy")
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    check = sub.add_parser("check", help="verify layout, schema, counts and images against the spec")
+    check.add_argument("-d", "--dataset", required=True)
+    check.add_argument("--root", help="the dataset's folder (or its parent)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(run=run_check)
+    info = sub.add_parser("info", help="per-split statistics")
+    info.add_argument("-d", "--dataset", required=True)
+    info.add_argument("--root", help="the dataset's folder (or its parent)")
+    info.set_defaults(run=run_info)
+
+
+def run_check(args, argv) -> int:
+    from tbps_bench.registry import DATASETS
+    from tbps_datasets.check import check_dataset
+
+    dataset = DATASETS.load(args.dataset)(root=args.root)
+    report = check_dataset(dataset)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1, allow_nan=False))
+    else:
+        for line in report.lines():
+            print(line)
+    return 0 if report.ok else 1
+
+
+def run_info(args, argv) -> int:
+    from tabulate import tabulate
+    from tbps_bench.registry import DATASETS
+
+    dataset = DATASETS.load(args.dataset)(root=args.root)
+    stats = dataset.split_statistics()
+    rows = [[name, s["ids"], s["images"], s["captions"], f"{s['words_mean']:.1f}", s["words_min"], s["words_max"]]
+            for name, s in stats.items()]
+    print(f"{dataset.spec.title}: {dataset.spec.citation}")
+    print(tabulate(rows, headers=["split", "ids", "images", "captions", "words mean", "min", "max"],
+                   tablefmt="github"))
+    return 0

@@ -1,0 +1,76 @@
+"""``tbps-bench eval -m A,B -d X,Y``: every method on every dataset, one result file each."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tbps_bench.errors import BenchError
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("eval", help="evaluate methods on datasets (both directions)")
+    parser.add_argument("-m", "--methods", required=True, help="comma-separated method names")
+    parser.add_argument("-d", "--datasets", required=True, help="comma-separated dataset names")
+    parser.add_argument("--data-root", help="dataset folder (or its parent); toy-pedes needs none")
+    parser.add_argument("--checkpoint", help="checkpoint file for the method")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--amp", default="none", choices=["bf16", "fp16", "none"])
+    parser.add_argument("--limit", type=int, help="first N gallery images only (partial run)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", default="results", help="folder for result files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="argument passed to the method (repeatable; values parsed as JSON when possible)")
+    parser.add_argument("--no-cache", action="store_true", help="re-encode even when cached features exist")
+    parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
+    parser.set_defaults(run=run)
+
+
+def parse_method_args(pairs: list[str]) -> dict:
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--method-arg {pair!r}: expected KEY=VALUE")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def run(args, argv) -> int:
+    from tbps_bench.cli.tables import metrics_table
+    from tbps_bench.harness import EvalOptions, run_eval
+    from tbps_bench.results import load_result
+
+    if args.batch_size < 1:
+        raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise BenchError(f"--limit must be >= 1, got {args.limit}")
+    options = EvalOptions(
+        data_root=args.data_root, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+        amp=args.amp, limit=args.limit, out_dir=args.out, split=args.split, seed=args.seed,
+        method_args=parse_method_args(args.method_arg), use_cache=not args.no_cache, workers=args.workers,
+    )
+    methods = [m for m in args.methods.split(",") if m]
+    datasets = [d for d in args.datasets.split(",") if d]
+    failures, rows = [], {}
+    for dataset in datasets:
+        for method in methods:
+            try:
+                for path in run_eval(method, dataset, options, argv):
+                    result = load_result(path)
+                    rows[f"{method} @ {dataset}/{result['dataset']['split']}"] = result["metrics"]
+                    print(f"wrote {path}", file=sys.stderr)
+            except BenchError as exc:
+                failures.append(f"{method} on {dataset}: {exc}")
+                print(f"error: {method} on {dataset}: {exc}", file=sys.stderr)
+    if rows:
+        print(metrics_table(rows))
+    if failures:
+        print(f"{len(failures)} of {len(methods) * len(datasets)} evaluations failed", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,155 @@
+"""Batching, device placement, mixed precision, progress and the feature cache for encoders."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import atomic_path, cache_root, sha256_json
+from tbps_bench.methods import Features, Method
+from tbps_bench.splits import EvalSplit
+
+FEATURE_CACHE_VERSION = 1
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def progress(iterable, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in _AMP_DTYPES:
+        raise BenchError(f"--amp must be one of bf16, fp16, none; got {amp!r}")
+    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, split: EvalSplit, transform: Callable[[Any], torch.Tensor] | None):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split.image_paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"pid": self.split.image_pids[index], "index": index}
+        if self.transform is not None:
+            from PIL import Image
+
+            path = self.split.image_root / self.split.image_paths[index]
+            try:
+                with Image.open(path) as image:
+                    item["pixels"] = self.transform(image.convert("RGB"))
+            except OSError as exc:
+                raise BenchError(f"cannot read image {self.split.image_paths[index]} (index {index}): {exc}") from exc
+        return item
+
+
+def _concat(parts: list[Features], who: str) -> Features:
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def _check_features(features: Features, count: int, who: str) -> None:
+    tensors = {"features": features} if isinstance(features, torch.Tensor) else features
+    for key, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise BenchError(f"{who} returned {type(tensor).__name__} for '{key}'; expected a tensor")
+        if tensor.shape[0] != count:
+            raise BenchError(f"{who} returned {tensor.shape[0]} rows for '{key}' but the batch has {count} items")
+        if tensor.is_floating_point():
+            bad = ~torch.isfinite(tensor)
+            if bool(bad.any()):
+                rows = torch.nonzero(bad.reshape(count, -1).any(1)).reshape(-1)
+                raise BenchError(
+                    f"{who} returned NaN/inf features for '{key}': {rows.numel()} rows, first at row {int(rows[0])}"
+                )
+
+
+def _batches(total: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, total, batch_size):
+        yield slice(start, min(total, start + batch_size))
+
+
+@torch.inference_mode()
+def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, workers: int = 0) -> Features:
+    transform = method.image_transform() if method.needs_pixels else None
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(split, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=method.device.type == "cuda",
+    )
+    parts: list[Features] = []
+    who = f"method '{method.name}' encode_images"
+    for batch in progress(loader, len(loader), f"{split.dataset} images"):
+        batch = {k: v.to(method.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        with autocast(method.device, amp):
+            features = method.encode_images(batch)
+        _check_features(features, len(batch["index"]), who)
+        parts.append(_to_cpu_float(features))
+    return _concat(parts, who)
+
+
+@torch.inference_mode()
+def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) -> Features:
+    parts: list[Features] = []
+    who = f"method '{method.name}' encode_texts"
+    chunks = list(_batches(len(split.captions), batch_size))
+    for rows in progress(chunks, len(chunks), f"{split.dataset} captions"):
+        captions = split.captions[rows]
+        tokens = {k: v.to(method.device) for k, v in method.tokenize(captions).items()}
+        batch = {
+            "tokens": tokens,
+            "captions": captions,
+            "pid": split.caption_pids[rows].to(method.device),
+            "index": torch.arange(rows.start, rows.stop),
+        }
+        with autocast(method.device, amp):
+            features = method.encode_texts(batch)
+        _check_features(features, len(captions), who)
+        parts.append(_to_cpu_float(features))
+    return _concat(parts, who)
+
+
+def _to_cpu_float(features: Features) -> Features:
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()
+
+    if isinstance(features, torch.Tensor):
+        return convert(features)
+    return {k: convert(v) for k, v in features.items()}
+
+
+class FeatureCache:
+    """Encoded features keyed by method, checkpoint hash, annotation hash and preprocessing."""
+
+    def __init__(self, root: Path | None = None, enabled: bool = True):
+        self.root = (root or cache_root()) / "features"
+        self.enabled = enabled
+
+    def path(self, key_fields: dict[str, Any]) -> Path:
+        return self.root / f"{sha256_json({'v': FEATURE_CACHE_VERSION, **key_fields})[:40]}.safetensors"
+
+    def get_or_compute(self, key_fields: dict[str, Any], compute: Callable[[], Features]) -> tuple[Features, bool]:
+        path = self.path(key_fields)
+        if self.enabled and path.is_file():
+            stored = load_file(str(path))
+            return (stored["features"] if list(stored) == ["features"] else stored), True
+        features = compute()
+        if self.enabled:
+            tensors = {"features": features} if isinstance(features, torch.Tensor) else features
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        return features, False

@@ -1,0 +1,191 @@
+"""The evaluation harness: one (method, dataset) pair in, one result file out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tbps_bench.encoding import FeatureCache, encode_images, encode_texts
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import sha256_file
+from tbps_bench.methods import Features, Method
+from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
+from tbps_bench.provenance import provenance
+from tbps_bench.registry import DATASETS, METHODS
+from tbps_bench.results import build_result, new_run_id, write_result
+from tbps_bench.splits import EvalSplit
+
+
+@dataclass
+class EvalOptions:
+    data_root: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    amp: str = "none"
+    limit: int | None = None
+    out_dir: str = "results"
+    split: str = "test"
+    seed: int = 0
+    method_args: dict[str, Any] = field(default_factory=dict)
+    use_cache: bool = True
+    workers: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise BenchError(f"--device must be auto, cpu or cuda; got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_method(name: str, device: torch.device, checkpoint: str | None, args: dict[str, Any]) -> Method:
+    factory = METHODS.load(name)
+    try:
+        method = factory(device=device, checkpoint=checkpoint, **args)
+    except BenchError:
+        raise
+    except TypeError as exc:
+        raise BenchError(f"method '{name}' does not accept these arguments {sorted(args)}: {exc}") from exc
+    if not isinstance(method, Method):
+        raise BenchError(f"method '{name}' built a {type(method).__name__}, not a tbps_bench Method")
+    return method.to(device).eval()
+
+
+def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
+    factory = DATASETS.load(name)
+    return factory(root=data_root).eval_split(split)
+
+
+def _pairwise_scores(method: Method, images: Features, texts: Features, block: int = 256) -> torch.Tensor:
+    """The (texts x images) matrix from a cross-modal scorer, computed in image x text blocks."""
+    def rows(features: Features, part: slice) -> Features:
+        if isinstance(features, torch.Tensor):
+            return features[part].to(method.device)
+        return {k: v[part].to(method.device) for k, v in features.items()}
+
+    n_images = len(images) if isinstance(images, torch.Tensor) else len(next(iter(images.values())))
+    n_texts = len(texts) if isinstance(texts, torch.Tensor) else len(next(iter(texts.values())))
+    scores = torch.empty(n_texts, n_images)
+    with torch.inference_mode():
+        for i in range(0, n_images, block):
+            image_rows = rows(images, slice(i, i + block))
+            for t in range(0, n_texts, block * 4):
+                block_scores = method.score_pairs(image_rows, rows(texts, slice(t, t + block * 4)))
+                scores[t : t + block * 4, i : i + block] = block_scores.float().T.cpu()
+    return scores
+
+
+def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache):
+    """Encode (or reuse) features and compute both directions; returns metrics and timings."""
+    checkpoint_sha = sha256_file(options.checkpoint) if options.checkpoint else None
+    common = {
+        "method": method.name,
+        "arguments": method.arguments(),
+        "checkpoint_sha256": checkpoint_sha,
+        "annotation_sha256": split.annotation_sha256,
+        "dataset": split.dataset,
+        "split": split.split,
+        "limit": split.limit,
+        "preprocessing": method.preprocessing(),
+        "amp": options.amp,
+    }
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    image_features, image_hit = cache.get_or_compute(
+        {**common, "modality": "image"},
+        lambda: encode_images(method, split, options.batch_size, options.amp, options.workers),
+    )
+    timings["encode_images_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    text_features, text_hit = cache.get_or_compute(
+        {**common, "modality": "text"}, lambda: encode_texts(method, split, options.batch_size, options.amp)
+    )
+    timings["encode_texts_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if method.pairwise:
+        scores = _pairwise_scores(method, image_features, text_features)
+        timings["pairwise_scoring_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        retrieval = evaluate_scores(scores, split.caption_pids, split.image_pids)
+        scoring = "pairwise"
+    else:
+        if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor):
+            raise BenchError(f"method '{method.name}' returned feature dicts but is not pairwise")
+        if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
+            raise BenchError(
+                f"method '{method.name}' returned image features {tuple(image_features.shape)} and text "
+                f"features {tuple(text_features.shape)}; expected (n, d) with the same d"
+            )
+        retrieval = evaluate_embeddings(
+            text_features.to(method.device), image_features.to(method.device),
+            split.caption_pids, split.image_pids, normalize=True,
+        )
+        scoring = "cosine"
+    timings["metrics_s"] = time.perf_counter() - start
+    timings["cache_hits"] = {"images": image_hit, "texts": text_hit}
+    return retrieval, scoring, timings, checkpoint_sha
+
+
+def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: list[str] | None = None) -> list[Path]:
+    """Evaluate one method on one dataset; write and return the result file(s)."""
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    split = load_eval_split(dataset_name, options.data_root, options.split).limited(options.limit)
+    method = build_method(method_name, device, options.checkpoint, options.method_args)
+    cache = FeatureCache(enabled=options.use_cache)
+    subsets = [split]
+    if split.image_sources:
+        for source in sorted(set(split.image_sources)):
+            mask = torch.tensor([s == source for s in split.image_sources])
+            subsets.append(split.subset_images(mask, source))
+    paths = []
+    run_id = new_run_id()
+    for part in subsets:
+        retrieval, scoring, timings, checkpoint_sha = evaluate_split(method, part, options, cache)
+        paths.append(_write(method, method_name, part, retrieval, scoring, timings, checkpoint_sha, options,
+                            device, run_id, argv))
+    return paths
+
+
+def _write(method: Method, method_name: str, split: EvalSplit, retrieval: RetrievalResult, scoring: str,
+           timings: dict[str, Any], checkpoint_sha: str | None, options: EvalOptions, device: torch.device,
+           run_id: str, argv: list[str] | None) -> Path:
+    encode_total = timings["encode_images_s"] + timings["encode_texts_s"]
+    timings["throughput"] = {
+        "images_per_s": len(split.image_paths) / max(timings["encode_images_s"], 1e-9),
+        "captions_per_s": len(split.captions) / max(timings["encode_texts_s"], 1e-9),
+    }
+    timings["total_s"] = encode_total + timings.get("pairwise_scoring_s", 0.0) + timings["metrics_s"]
+    entry = METHODS.entry(method_name)
+    result = build_result(
+        run_id=run_id,
+        method={
+            "name": method_name,
+            "origin": entry.origin,
+            "arguments": method.arguments(),
+            "checkpoint": {"file": Path(options.checkpoint).name, "sha256": checkpoint_sha} if checkpoint_sha else None,
+            "preprocessing": method.preprocessing(),
+            "trained_on": method.options.get("trained_on"),
+        },
+        dataset={
+            "name": split.dataset,
+            "split": split.split,
+            "annotation_sha256": split.annotation_sha256,
+            "counts": split.counts(),
+            "limit": split.limit,
+        },
+        retrieval=retrieval,
+        scoring=scoring,
+        timings=timings,
+        provenance=provenance(device, options.seed, argv),
+        partial=split.limit is not None,
+        protocol_extra={"amp": options.amp, "batch_size": options.batch_size},
+    )
+    return write_result(options.out_dir, result)

@@ -1,0 +1,315 @@
+"""Exact retrieval metrics (R@K, mAP, mINP) in both directions, without sorting the gallery.
+
+Every metric of a query follows from the 1-based ranks of its positives. With ties broken by
+gallery index, the gallery order is the total order on (-score, gallery index), so a positive's rank
+is one plus the number of gallery items before it in that order: a count, not a sort. The count is
+one fused comparison per (positive, gallery item), exact for ties, identical on every device and
+chunk size. The full Q x G matrix is never held: queries are processed in chunks whose score block
+fits a memory budget.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tbps_bench.errors import BenchError, first_offending
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+TIE_POLICY = "stable-by-gallery-index"
+DEFAULT_CHUNK_BYTES = 128 * 2**20
+
+
+@dataclass
+class DirectionResult:
+    """Per-query outcome of one retrieval direction, from which every metric is derived."""
+
+    first_hit_rank: torch.Tensor  # (Q,) int64, 1-based rank of the best-ranked positive
+    average_precision: torch.Tensor  # (Q,) float64 in [0, 1]
+    inverse_negative_penalty: torch.Tensor  # (Q,) float64 in [0, 1]
+    num_positives: torch.Tensor  # (Q,) int64
+    ks: tuple[int, ...] = DEFAULT_KS
+    skipped_queries: int = 0
+
+    def summary(self) -> dict[str, float]:
+        """R@K, mAP and mINP in percent, as published tables report them."""
+        out = {f"R{k}": 100.0 * float((self.first_hit_rank <= k).double().mean()) for k in self.ks}
+        out["mAP"] = 100.0 * float(self.average_precision.mean())
+        out["mINP"] = 100.0 * float(self.inverse_negative_penalty.mean())
+        return out
+
+    def cmc(self, max_rank: int = 20) -> list[float]:
+        """R@1..R@max_rank (percent): the CMC curve."""
+        ranks = self.first_hit_rank
+        return [100.0 * float((ranks <= k).double().mean()) for k in range(1, max_rank + 1)]
+
+
+@dataclass
+class RetrievalResult:
+    t2i: DirectionResult
+    i2t: DirectionResult
+    tie_policy: str = TIE_POLICY
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {"t2i": self.t2i.summary(), "i2t": self.i2t.summary()}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        raise BenchError(f"{name} is empty (shape {tuple(tensor.shape)}); expected at least one row")
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        raise BenchError(f"{name} contains NaN or inf: {first_offending(bad)} (shape {tuple(tensor.shape)})")
+
+
+def _as_ids(name: str, ids, expected: int, what: str) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 1:
+        raise BenchError(f"{name} must be one-dimensional, got shape {tuple(ids.shape)}")
+    if ids.numel() != expected:
+        raise BenchError(f"{name} has {ids.numel()} entries but there are {expected} {what}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise BenchError(f"{name} must hold integer person ids, got dtype {ids.dtype}")
+    return ids.to(torch.int64)
+
+
+# --------------------------------------------------------------------------- positives
+
+
+@dataclass
+class _PositiveTable:
+    """For each query, the gallery indices of its positives (padded with -1), sorted by index."""
+
+    index: torch.Tensor  # (Q, Pmax) int64
+    count: torch.Tensor  # (Q,) int64
+
+
+def _positive_table(query_ids: torch.Tensor, gallery_ids: torch.Tensor) -> _PositiveTable:
+    order = torch.argsort(gallery_ids, stable=True)
+    sorted_ids = gallery_ids[order]
+    unique_ids, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.searchsorted(unique_ids, query_ids).clamp(max=max(len(unique_ids) - 1, 0))
+    found = unique_ids[slot] == query_ids
+    count = torch.where(found, counts[slot], torch.zeros_like(slot))
+    pmax = int(count.max()) if count.numel() else 0
+    offsets = torch.arange(max(pmax, 1))
+    flat = (starts[slot][:, None] + offsets[None, :]).clamp(max=len(order) - 1)
+    index = torch.where(offsets[None, :] < count[:, None], order[flat], torch.full_like(flat, -1))
+    return _PositiveTable(index=index, count=count)
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def _count_preceding_eager(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """For each (row, k): how many gallery items precede the item ``index[row, k]`` whose score is
+    ``thresholds[row, k]``, in the order (descending score, ascending gallery index)."""
+    gallery = torch.arange(scores.shape[1], device=scores.device)
+    item = scores[:, None, :]
+    threshold = thresholds[:, :, None]
+    ahead = (item > threshold) | ((item == threshold) & (gallery[None, None, :] < index[:, :, None]))
+    return ahead.sum(-1, dtype=torch.int32)
+
+
+_compiled_kernel = None
+# Below this many (row, positive, item) comparisons the eager kernel is faster than compiling one.
+_COMPILE_THRESHOLD = 50_000_000
+
+
+def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Dispatch to a fused (compiled) kernel for large blocks.
+
+    Eagerly the comparison materialises a rows x positives x gallery mask; compiled, it is one
+    vectorised loop with nothing materialised, about 10x faster than a binary search per item.
+    """
+    global _compiled_kernel
+    work = scores.shape[0] * thresholds.shape[1] * scores.shape[1]
+    if work < _COMPILE_THRESHOLD or os.environ.get("TBPS_BENCH_NO_COMPILE") == "1":
+        return _count_preceding_eager(scores, thresholds, index)
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(_count_preceding_eager, dynamic=True)
+    return _compiled_kernel(scores, thresholds, index)
+
+
+def _ranks_in_block(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of each query's positives, ascending, padded with 0.
+
+    scores: (c, G) float block; positives: (c, Pmax) gallery indices padded with -1. Every row has
+    at least one positive.
+    """
+    valid = positives >= 0
+    safe = positives.clamp(min=0)
+    thresholds = torch.where(valid, scores.gather(1, safe), torch.full_like(scores[:, :1], float("inf")))
+    ranks = _count_preceding(scores, thresholds, safe).to(torch.int64) + 1
+    padding = torch.iinfo(torch.int64).max
+    ranks = torch.sort(torch.where(valid, ranks, torch.full_like(ranks, padding)), dim=1).values
+    return torch.where(ranks == padding, torch.zeros_like(ranks), ranks)
+
+
+def _direction(
+    blocks: Iterator[tuple[slice, torch.Tensor]],
+    query_ids: torch.Tensor,
+    gallery_ids: torch.Tensor,
+    ks: Sequence[int],
+    skip_queries_without_positives: bool,
+    direction: str,
+    check_blocks: bool = False,
+) -> DirectionResult:
+    table = _positive_table(query_ids, gallery_ids)
+    missing = table.count == 0
+    if bool(missing.any()) and not skip_queries_without_positives:
+        raise BenchError(
+            f"{direction}: {int(missing.sum())} queries have no positive in the gallery "
+            f"(first at query index {int(torch.nonzero(missing)[0])}); the standard protocol has none "
+            "(pass skip_queries_without_positives to drop them and record how many)"
+        )
+    first, ap, inp = [], [], []
+    for rows, block in blocks:
+        keep = ~missing[rows]
+        positives = table.index[rows][keep].to(block.device)
+        if positives.shape[0] == 0:
+            continue
+        block = block[keep.to(block.device)] if not bool(keep.all()) else block
+        if check_blocks:
+            _check_finite(f"{direction} scores (query rows {rows.start}..{rows.stop - 1})", block)
+        ranks = _ranks_in_block(block, positives).cpu().to(torch.float64)
+        n = table.count[rows][keep].to(torch.float64)
+        position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
+        precision = torch.where(ranks > 0, position / ranks.clamp(min=1), torch.zeros_like(ranks))
+        first.append(ranks[:, 0].to(torch.int64))
+        ap.append(precision.sum(1) / n)
+        inp.append(n / ranks.gather(1, (n.to(torch.int64) - 1)[:, None]).squeeze(1))
+    if not first:
+        raise BenchError(f"{direction}: no query has a positive; nothing to evaluate")
+    counts = table.count[~missing]
+    return DirectionResult(
+        first_hit_rank=torch.cat(first),
+        average_precision=torch.cat(ap),
+        inverse_negative_penalty=torch.cat(inp),
+        num_positives=counts,
+        ks=tuple(ks),
+        skipped_queries=int(missing.sum()),
+    )
+
+
+def _rows_per_chunk(gallery: int, chunk_bytes: int, itemsize: int = 4) -> int:
+    # the block itself, its candidate mask, and headroom for the candidate keys
+    per_row = max(gallery, 1) * (itemsize + 1 + 8)
+    return max(1, min(chunk_bytes // per_row, 4096))
+
+
+def _chunked(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def evaluate_scores(
+    similarity,
+    text_ids,
+    image_ids,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    skip_queries_without_positives: bool = False,
+) -> RetrievalResult:
+    """Both directions from a precomputed (texts x images) similarity matrix (higher = closer).
+
+    Text-to-image ranks each row over the images, image-to-text each column over the texts.
+    Positives share a person id; ties are broken by gallery index.
+    """
+    sim = torch.as_tensor(similarity)
+    if sim.dim() != 2:
+        raise BenchError(f"similarity must be a (texts x images) matrix, got shape {tuple(sim.shape)}")
+    if not sim.dtype.is_floating_point:
+        raise BenchError(f"similarity must be floating point, got dtype {sim.dtype}")
+    _check_finite("similarity", sim)
+    n_text, n_image = sim.shape
+    tid = _as_ids("text_ids", text_ids, n_text, "texts (similarity rows)")
+    iid = _as_ids("image_ids", image_ids, n_image, "images (similarity columns)")
+    sim = sim.to(torch.float32)
+    t_rows = _rows_per_chunk(n_image, chunk_bytes)
+    i_rows = _rows_per_chunk(n_text, chunk_bytes)
+    t2i = _direction(
+        ((r, sim[r]) for r in _chunked(n_text, t_rows)), tid, iid, ks, skip_queries_without_positives, "t2i"
+    )
+    i2t = _direction(
+        ((r, sim[:, r].T.contiguous()) for r in _chunked(n_image, i_rows)),
+        iid,
+        tid,
+        ks,
+        skip_queries_without_positives,
+        "i2t",
+    )
+    return RetrievalResult(t2i=t2i, i2t=i2t)
+
+
+def evaluate_embeddings(
+    text_embeddings,
+    image_embeddings,
+    text_ids,
+    image_ids,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    skip_queries_without_positives: bool = False,
+    normalize: bool = False,
+) -> RetrievalResult:
+    """Both directions for cosine similarity of embeddings, one query chunk at a time.
+
+    Embeddings are expected L2-normalised (pass ``normalize=True`` otherwise). The score blocks are
+    computed on the embeddings' device, so CUDA tensors are evaluated on the GPU.
+    """
+    text = torch.as_tensor(text_embeddings)
+    image = torch.as_tensor(image_embeddings)
+    for name, emb in (("text_embeddings", text), ("image_embeddings", image)):
+        if emb.dim() != 2:
+            raise BenchError(f"{name} must be (count x dim), got shape {tuple(emb.shape)}")
+        _check_finite(name, emb)
+    if text.shape[1] != image.shape[1]:
+        raise BenchError(
+            f"embedding sizes differ: text_embeddings has dim {text.shape[1]}, "
+            f"image_embeddings has dim {image.shape[1]}"
+        )
+    tid = _as_ids("text_ids", text_ids, text.shape[0], "text embeddings")
+    iid = _as_ids("image_ids", image_ids, image.shape[0], "image embeddings")
+    text, image = text.to(torch.float32), image.to(image.device, torch.float32)
+    if normalize:
+        text = torch.nn.functional.normalize(text, dim=1)
+        image = torch.nn.functional.normalize(image, dim=1)
+
+    def blocks(queries: torch.Tensor, gallery: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        step = _rows_per_chunk(gallery.shape[0], chunk_bytes)
+        gallery_t = gallery.T
+        for rows in _chunked(queries.shape[0], step):
+            yield rows, queries[rows] @ gallery_t
+
+    t2i = _direction(blocks(text, image), tid, iid, ks, skip_queries_without_positives, "t2i")
+    i2t = _direction(blocks(image, text), iid, tid, ks, skip_queries_without_positives, "i2t")
+    return RetrievalResult(t2i=t2i, i2t=i2t)
+
+
+def evaluate_blocks(
+    text_blocks: Callable[[], Iterator[tuple[slice, torch.Tensor]]],
+    image_blocks: Callable[[], Iterator[tuple[slice, torch.Tensor]]],
+    text_ids,
+    image_ids,
+    ks: Sequence[int] = DEFAULT_KS,
+    skip_queries_without_positives: bool = False,
+) -> RetrievalResult:
+    """Both directions from callables yielding (query rows, score block) for each direction.
+
+    This is the entry point for scores that are neither a stored matrix nor a dot product, e.g. a
+    cross-modal scorer whose blocks are produced on demand.
+    """
+    tid, iid = torch.as_tensor(text_ids).to(torch.int64), torch.as_tensor(image_ids).to(torch.int64)
+    t2i = _direction(text_blocks(), tid, iid, ks, skip_queries_without_positives, "t2i", check_blocks=True)
+    i2t = _direction(image_blocks(), iid, tid, ks, skip_queries_without_positives, "i2t", check_blocks=True)
+    return RetrievalResult(t2i=t2i, i2t=i2t)

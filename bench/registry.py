@@ -1,0 +1,170 @@
+"""Name -> plugin registries for methods and datasets.
+
+Built-ins are lazy ``"module:attr"`` strings so that listing never imports torch-heavy code;
+third-party packages add entries through entry points (groups ``tbps_bench.models`` and
+``tbps_bench.datasets``), and ad-hoc files through ``--plugin path.py`` calling ``register``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tbps_bench.errors import BenchError
+
+
+@dataclass
+class Entry:
+    name: str
+    target: str | Callable[..., Any]  # "module:attr" or the object itself
+    origin: str  # "builtin", "entry point (dist)", "file (path)", "python"
+
+
+def resolve(target: str | Callable[..., Any]) -> Any:
+    if not isinstance(target, str):
+        return target
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry:
+    """One kind of plugin (methods or datasets)."""
+
+    def __init__(self, kind: str, group: str, builtins: Callable[[], dict[str, str]]):
+        self.kind = kind
+        self.group = group
+        self._builtins = builtins
+        self._entries: dict[str, Entry] | None = None
+        self._pending: list[Entry] = []
+
+    def _ensure(self) -> dict[str, Entry]:
+        if self._entries is None:
+            self._entries = {}
+            for name, target in self._builtins().items():
+                self._add(Entry(name, target, "builtin"))
+            for ep in importlib.metadata.entry_points(group=self.group):
+                dist = ep.dist.name if ep.dist is not None else "unknown"
+                self._add(Entry(ep.name, ep.value, f"entry point ({dist})"))
+            for entry in self._pending:
+                self._add(entry)
+            self._pending.clear()
+        return self._entries
+
+    def _add(self, entry: Entry) -> None:
+        assert self._entries is not None
+        if entry.name in self._entries:
+            other = self._entries[entry.name]
+            raise BenchError(
+                f"duplicate {self.kind} name '{entry.name}': registered by {other.origin} "
+                f"and again by {entry.origin}"
+            )
+        self._entries[entry.name] = entry
+
+    def register(self, name: str, target: str | Callable[..., Any], origin: str = "python") -> None:
+        entry = Entry(name, target, origin)
+        if self._entries is None:
+            self._pending.append(entry)
+        else:
+            self._add(entry)
+
+    def names(self) -> list[str]:
+        return sorted(self._ensure())
+
+    def entries(self) -> list[Entry]:
+        return [self._ensure()[name] for name in self.names()]
+
+    def entry(self, name: str) -> Entry:
+        entries = self._ensure()
+        if name not in entries:
+            close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise BenchError(
+                f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(entries)) or 'none'})"
+            )
+        return entries[name]
+
+    def load(self, name: str) -> Any:
+        entry = self.entry(name)
+        try:
+            return resolve(entry.target)
+        except BenchError:
+            raise
+        except Exception as exc:  # a broken plugin must name itself, not crash obscurely
+            raise BenchError(
+                f"{self.kind} '{name}' ({entry.origin}) failed to load from {entry.target!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _builtin_methods() -> dict[str, str]:
+    return {
+        "random": "tbps_models.random:RandomMethod",
+        "oracle": "tbps_models.oracle:OracleMethod",
+    }
+
+
+def _builtin_datasets() -> dict[str, str]:
+    from tbps_datasets.specs import builtin_dataset_targets
+
+    return builtin_dataset_targets()
+
+
+METHODS = Registry("method", "tbps_bench.models", _builtin_methods)
+DATASETS = Registry("dataset", "tbps_bench.datasets", _builtin_datasets)
+
+
+def register_method(name: str, target: str | Callable[..., Any] | None = None):
+    """Register a method class or factory; usable as a decorator in a ``--plugin`` file."""
+    if target is not None:
+        METHODS.register(name, target, _caller_origin())
+        return target
+
+    def decorator(obj):
+        METHODS.register(name, obj, _caller_origin())
+        return obj
+
+    return decorator
+
+
+def register_dataset(name: str, target: str | Callable[..., Any]) -> None:
+    DATASETS.register(name, target, _caller_origin())
+
+
+_loading_file: str | None = None
+
+
+def _caller_origin() -> str:
+    return f"file ({_loading_file})" if _loading_file else "python"
+
+
+def load_plugin_file(path: str | Path) -> None:
+    """Import a plugin file by path; its ``register_*`` calls are attributed to it."""
+    global _loading_file
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"plugin file not found: {path} (expected a Python file that calls register_method)")
+    module_name = f"tbps_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot import plugin file {path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    _loading_file = path.name
+    try:
+        spec.loader.exec_module(module)
+    except BenchError:
+        raise
+    except Exception as exc:
+        raise BenchError(f"plugin file {path} raised on import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _loading_file = None

@@ -1,0 +1,124 @@
+"""Result files: one strict-JSON document per (method, dataset, run), written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import write_json_atomic
+from tbps_bench.metrics import RetrievalResult
+
+SCHEMA_VERSION = 1
+METRIC_NAMES = ("R1", "R5", "R10", "mAP", "mINP")
+_REQUIRED = {
+    "schema_version": int,
+    "run_id": str,
+    "status": str,
+    "method": dict,
+    "dataset": dict,
+    "protocol": dict,
+    "metrics": dict,
+    "timings": dict,
+    "provenance": dict,
+}
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def build_result(
+    *,
+    run_id: str,
+    method: dict[str, Any],
+    dataset: dict[str, Any],
+    retrieval: RetrievalResult,
+    scoring: str,
+    timings: dict[str, Any],
+    provenance: dict[str, Any],
+    partial: bool,
+    protocol_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    protocol = {
+        "directions": ["t2i", "i2t"],
+        "ks": list(retrieval.t2i.ks),
+        "tie_policy": retrieval.tie_policy,
+        "scoring": scoring,
+        "queries_without_positives_skipped": {
+            "t2i": retrieval.t2i.skipped_queries,
+            "i2t": retrieval.i2t.skipped_queries,
+        },
+    }
+    protocol.update(protocol_extra or {})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "partial" if partial else "complete",
+        "method": method,
+        "dataset": dataset,
+        "protocol": protocol,
+        "metrics": retrieval.summary(),
+        "per_query": {
+            "t2i_first_hit_rank": retrieval.t2i.first_hit_rank.tolist(),
+            "i2t_first_hit_rank": retrieval.i2t.first_hit_rank.tolist(),
+        },
+        "timings": timings,
+        "provenance": provenance,
+    }
+
+
+def result_path(out_dir: str | Path, result: dict[str, Any]) -> Path:
+    return Path(out_dir) / result["dataset"]["name"] / result["method"]["name"] / f"{result['run_id']}.json"
+
+
+def write_result(out_dir: str | Path, result: dict[str, Any]) -> Path:
+    validate_result(result, source="new result")
+    path = result_path(out_dir, result)
+    write_json_atomic(path, result)
+    return path
+
+
+def validate_result(result: Any, source: str) -> None:
+    """Raise BenchError naming the first offending field."""
+    if not isinstance(result, dict):
+        raise BenchError(f"{source}: a result file must hold a JSON object")
+    for key, kind in _REQUIRED.items():
+        if key not in result:
+            raise BenchError(f"{source}: missing field '{key}'")
+        if not isinstance(result[key], kind):
+            raise BenchError(f"{source}: field '{key}' must be {kind.__name__}")
+    if result["schema_version"] != SCHEMA_VERSION:
+        raise BenchError(
+            f"{source}: field 'schema_version' is {result['schema_version']}, this version reads {SCHEMA_VERSION}"
+        )
+    if result["status"] not in ("complete", "partial"):
+        raise BenchError(f"{source}: field 'status' must be 'complete' or 'partial', got {result['status']!r}")
+    for key in ("name",):
+        for section in ("method", "dataset"):
+            if not isinstance(result[section].get(key), str):
+                raise BenchError(f"{source}: field '{section}.{key}' must be a string")
+    for direction in ("t2i", "i2t"):
+        values = result["metrics"].get(direction)
+        if not isinstance(values, dict):
+            raise BenchError(f"{source}: field 'metrics.{direction}' is missing")
+        for name in METRIC_NAMES:
+            value = values.get(name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 100:
+                raise BenchError(f"{source}: field 'metrics.{direction}.{name}' must be a percentage, got {value!r}")
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read result file: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    validate_result(result, source=str(path))
+    return result

@@ -1,0 +1,69 @@
+"""The evaluation view of a dataset split that the harness consumes, whatever the adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class EvalSplit:
+    """Unique gallery images once each, and one query per caption with its person id.
+
+    Text-to-image ranks every caption over ``image_paths``; image-to-text ranks every image over
+    the captions. Positives share a raw person id.
+    """
+
+    dataset: str
+    split: str
+    image_root: Path
+    image_paths: list[str]  # relative to image_root
+    image_pids: torch.Tensor  # (I,) int64 raw person ids
+    captions: list[str]
+    caption_pids: torch.Tensor  # (T,) int64
+    caption_image: torch.Tensor  # (T,) index of the caption's own image
+    annotation_sha256: str
+    image_sources: list[str] | None = None  # e.g. UFine3C's per-image source dataset
+    limit: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "ids": int(torch.unique(self.image_pids).numel()),
+            "images": len(self.image_paths),
+            "captions": len(self.captions),
+        }
+
+    def limited(self, limit: int | None) -> EvalSplit:
+        """The first ``limit`` images and their captions (a quick, partial run)."""
+        if limit is None or limit >= len(self.image_paths):
+            return self
+        keep = self.caption_image < limit
+        return replace(
+            self,
+            image_paths=self.image_paths[:limit],
+            image_pids=self.image_pids[:limit],
+            captions=[c for c, k in zip(self.captions, keep.tolist(), strict=True) if k],
+            caption_pids=self.caption_pids[keep],
+            caption_image=self.caption_image[keep],
+            image_sources=self.image_sources[:limit] if self.image_sources else None,
+            limit=limit,
+        )
+
+    def subset_images(self, keep_images: torch.Tensor, suffix: str) -> EvalSplit:
+        """Images selected by a boolean mask and their captions (e.g. one UFine3C source)."""
+        new_index = torch.cumsum(keep_images.to(torch.int64), 0) - 1
+        keep_captions = keep_images[self.caption_image]
+        indices = torch.nonzero(keep_images).reshape(-1).tolist()
+        return replace(
+            self,
+            split=f"{self.split}/{suffix}",
+            image_paths=[self.image_paths[i] for i in indices],
+            image_pids=self.image_pids[keep_images],
+            captions=[c for c, k in zip(self.captions, keep_captions.tolist(), strict=True) if k],
+            caption_pids=self.caption_pids[keep_captions],
+            caption_image=new_index[self.caption_image[keep_captions]],
+            image_sources=[self.image_sources[i] for i in indices] if self.image_sources else None,
+        )

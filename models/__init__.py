@@ -1,0 +1,1 @@
+"""Method plugins shipped with tbps-bench: one folder per method."""
