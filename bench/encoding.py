@@ -93,8 +93,9 @@ def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, w
     parts: list[Features] = []
     who = f"method '{method.name}' encode_images"
     for batch in progress(loader, len(loader), f"{split.dataset} images"):
-        batch = {k: v.to(method.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in batch.items()}
+        batch = {
+            k: v.to(method.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+        }
         with autocast(method.device, amp):
             features = method.encode_images(batch)
         _check_features(features, len(batch["index"]), who)

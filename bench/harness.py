@@ -65,6 +65,7 @@ def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
 
 def _pairwise_scores(method: Method, images: Features, texts: Features, block: int = 256) -> torch.Tensor:
     """The (texts x images) matrix from a cross-modal scorer, computed in image x text blocks."""
+
     def rows(features: Features, part: slice) -> Features:
         if isinstance(features, torch.Tensor):
             return features[part].to(method.device)
@@ -124,8 +125,11 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
                 f"features {tuple(text_features.shape)}; expected (n, d) with the same d"
             )
         retrieval = evaluate_embeddings(
-            text_features.to(method.device), image_features.to(method.device),
-            split.caption_pids, split.image_pids, normalize=True,
+            text_features.to(method.device),
+            image_features.to(method.device),
+            split.caption_pids,
+            split.image_pids,
+            normalize=True,
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
@@ -149,14 +153,27 @@ def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: li
     run_id = new_run_id()
     for part in subsets:
         retrieval, scoring, timings, checkpoint_sha = evaluate_split(method, part, options, cache)
-        paths.append(_write(method, method_name, part, retrieval, scoring, timings, checkpoint_sha, options,
-                            device, run_id, argv))
+        paths.append(
+            _write(
+                method, method_name, part, retrieval, scoring, timings, checkpoint_sha, options, device, run_id, argv
+            )
+        )
     return paths
 
 
-def _write(method: Method, method_name: str, split: EvalSplit, retrieval: RetrievalResult, scoring: str,
-           timings: dict[str, Any], checkpoint_sha: str | None, options: EvalOptions, device: torch.device,
-           run_id: str, argv: list[str] | None) -> Path:
+def _write(
+    method: Method,
+    method_name: str,
+    split: EvalSplit,
+    retrieval: RetrievalResult,
+    scoring: str,
+    timings: dict[str, Any],
+    checkpoint_sha: str | None,
+    options: EvalOptions,
+    device: torch.device,
+    run_id: str,
+    argv: list[str] | None,
+) -> Path:
     encode_total = timings["encode_images_s"] + timings["encode_texts_s"]
     timings["throughput"] = {
         "images_per_s": len(split.image_paths) / max(timings["encode_images_s"], 1e-9),

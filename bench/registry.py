@@ -65,8 +65,7 @@ class Registry:
         if entry.name in self._entries:
             other = self._entries[entry.name]
             raise BenchError(
-                f"duplicate {self.kind} name '{entry.name}': registered by {other.origin} "
-                f"and again by {entry.origin}"
+                f"duplicate {self.kind} name '{entry.name}': registered by {other.origin} and again by {entry.origin}"
             )
         self._entries[entry.name] = entry
 
@@ -88,9 +87,7 @@ class Registry:
         if name not in entries:
             close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise BenchError(
-                f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(entries)) or 'none'})"
-            )
+            raise BenchError(f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(entries)) or 'none'})")
         return entries[name]
 
     def load(self, name: str) -> Any:

@@ -36,8 +36,13 @@ class Report:
         return [*lines, f"{self.dataset} at {self.root}: {verdict}"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "ok": self.ok, "errors": self.errors, "notes": self.notes,
-                "counts": self.counts}
+        return {
+            "dataset": self.dataset,
+            "ok": self.ok,
+            "errors": self.errors,
+            "notes": self.notes,
+            "counts": self.counts,
+        }
 
 
 def _examples(paths: list[str]) -> str:
@@ -73,22 +78,26 @@ def check_dataset(dataset) -> Report:
         stats["ids"].add(record.pid)
         stats["images"] += 1
         stats["captions"] += len(record.captions)
-    report.counts = {s: {"ids": len(v["ids"]), "images": v["images"], "captions": v["captions"]}
-                     for s, v in sorted(per_split.items())}
+    report.counts = {
+        s: {"ids": len(v["ids"]), "images": v["images"], "captions": v["captions"]}
+        for s, v in sorted(per_split.items())
+    }
 
     for split, expected in sorted(spec.splits.items()):
         found = report.counts.get(split, {"ids": 0, "images": 0, "captions": 0})
         for what in ("ids", "images", "captions"):
             if found[what] != getattr(expected, what):
-                report.errors.append(
-                    f"split '{split}': expected {getattr(expected, what)} {what}, found {found[what]}")
+                report.errors.append(f"split '{split}': expected {getattr(expected, what)} {what}, found {found[what]}")
     for split in sorted(set(report.counts) - set(spec.splits)):
         if spec.splits:
             report.errors.append(f"split '{split}' is not in the spec (expected {', '.join(sorted(spec.splits))})")
     if spec.total is not None:
         for what in ("ids", "images", "captions"):
-            found_total = (len(set().union(*(v["ids"] for v in per_split.values()))) if what == "ids"
-                           else sum(v[what] for v in per_split.values()))
+            found_total = (
+                len(set().union(*(v["ids"] for v in per_split.values())))
+                if what == "ids"
+                else sum(v[what] for v in per_split.values())
+            )
             if found_total != getattr(spec.total, what):
                 report.errors.append(f"all splits: expected {getattr(spec.total, what)} {what}, found {found_total}")
 
@@ -97,7 +106,7 @@ def check_dataset(dataset) -> Report:
         report.notes.append(f"split '{split}': person ids {min(ids)}..{max(ids)}")
     splits = sorted(per_split)
     for i, a in enumerate(splits):
-        for b in splits[i + 1:]:
+        for b in splits[i + 1 :]:
             shared = per_split[a]["ids"] & per_split[b]["ids"]
             if shared:
                 report.errors.append(f"splits '{a}' and '{b}' share {len(shared)} person ids (e.g. {min(shared)})")
@@ -139,6 +148,7 @@ def check_dataset(dataset) -> Report:
     if unreadable:
         report.errors.append(f"{len(unreadable)} images are unreadable: {_examples(unreadable)}")
     if grayscale:
-        report.notes.append(f"{len(grayscale)} images are grayscale (converted to RGB when loaded): "
-                            f"{_examples(grayscale)}")
+        report.notes.append(
+            f"{len(grayscale)} images are grayscale (converted to RGB when loaded): {_examples(grayscale)}"
+        )
     return report

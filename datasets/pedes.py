@@ -123,9 +123,7 @@ class PedesDataset:
                 tried.append(str(candidate))
                 if candidate.is_file():
                     return folder, candidate
-        raise BenchError(
-            f"no annotation file for '{self.spec.name}' under {root}: tried {', '.join(tried)}"
-        )
+        raise BenchError(f"no annotation file for '{self.spec.name}' under {root}: tried {', '.join(tried)}")
 
     # ---------------------------------------------------------------- parsing and caching
     def records(self) -> list[Record]:
@@ -198,9 +196,7 @@ class PedesDataset:
     def eval_split(self, split: str = "test") -> EvalSplit:
         splits = self.hf_splits()
         if split not in splits:
-            raise BenchError(
-                f"dataset '{self.spec.name}' has no '{split}' split (it has {', '.join(sorted(splits))})"
-            )
+            raise BenchError(f"dataset '{self.spec.name}' has no '{split}' split (it has {', '.join(sorted(splits))})")
         table = splits[split].select_columns(["file_path", "pid", "captions", "source"]).to_dict()
         captions, caption_pids, caption_image = [], [], []
         for index, (pid, texts) in enumerate(zip(table["pid"], table["captions"], strict=True)):

@@ -16,9 +16,18 @@ from pathlib import Path
 from tbps_bench.fileio import atomic_dir, cache_root, sha256_json
 
 COLOURS = {
-    "red": (200, 30, 30), "blue": (30, 60, 200), "green": (40, 150, 60), "black": (25, 25, 25),
-    "white": (235, 235, 235), "grey": (128, 128, 128), "yellow": (230, 210, 40), "brown": (120, 75, 35),
-    "pink": (235, 130, 170), "purple": (120, 50, 150), "orange": (240, 140, 30), "navy": (20, 30, 90),
+    "red": (200, 30, 30),
+    "blue": (30, 60, 200),
+    "green": (40, 150, 60),
+    "black": (25, 25, 25),
+    "white": (235, 235, 235),
+    "grey": (128, 128, 128),
+    "yellow": (230, 210, 40),
+    "brown": (120, 75, 35),
+    "pink": (235, 130, 170),
+    "purple": (120, 50, 150),
+    "orange": (240, 140, 30),
+    "navy": (20, 30, 90),
 }
 SYNONYMS = {"grey": ["grey", "gray"], "navy": ["navy", "dark blue"], "brown": ["brown", "tan"]}
 ATTRIBUTES = {
@@ -86,23 +95,31 @@ def caption(attributes: dict[str, str], rng: random.Random) -> str:
     if attributes["hair"] == "bald":
         hair = f"{subject} is bald"
     else:
-        hair = f"{subject} has {attributes['hair']} hair" if attributes["hair"] != "ponytail" else (
-            f"{possessive} hair is in a ponytail")
+        hair = (
+            f"{subject} has {attributes['hair']} hair"
+            if attributes["hair"] != "ponytail"
+            else (f"{possessive} hair is in a ponytail")
+        )
     extras = []
     if attributes["bag"] != "none":
         extras.append(rng.choice(["carrying", "with"]) + " " + _article(attributes["bag"]))
     if attributes["accessory"] != "none":
-        extras.append(f"wearing {attributes['accessory']}" if attributes["accessory"] == "glasses"
-                      else f"wearing a {attributes['accessory']}")
+        extras.append(
+            f"wearing {attributes['accessory']}"
+            if attributes["accessory"] == "glasses"
+            else f"wearing a {attributes['accessory']}"
+        )
     if attributes["carried"] != "none":
         extras.append("holding " + _article(attributes["carried"]))
     clothes = [phrases[k] for k in rng.sample(["upper", "lower", "shoes"], rng.randint(2, 3))]
     verb = rng.choice(["wearing", "dressed in", "who wears"])
-    opening = rng.choice([
-        f"A {noun} {verb} {', '.join(clothes[:-1])} and {clothes[-1]}.",
-        f"The {noun} is {verb.replace('who wears', 'wearing')} {' and '.join(clothes)}.",
-        f"This {noun} has on {', '.join(clothes)}.",
-    ])
+    opening = rng.choice(
+        [
+            f"A {noun} {verb} {', '.join(clothes[:-1])} and {clothes[-1]}.",
+            f"The {noun} is {verb.replace('who wears', 'wearing')} {' and '.join(clothes)}.",
+            f"This {noun} has on {', '.join(clothes)}.",
+        ]
+    )
     sentences = [opening]
     if rng.random() < 0.7:
         sentences.append(hair[0].upper() + hair[1:] + ".")
@@ -121,8 +138,10 @@ def draw(attributes: dict[str, str], config: ToyConfig, rng: random.Random):
     canvas = ImageDraw.Draw(image)
     for _ in range(rng.randint(2, 6)):  # background clutter
         x0, y0 = rng.randint(0, w), rng.randint(0, h)
-        canvas.rectangle([x0, y0, x0 + rng.randint(4, 20), y0 + rng.randint(4, 30)],
-                         fill=tuple(rng.randint(0, 255) for _ in range(3)))
+        canvas.rectangle(
+            [x0, y0, x0 + rng.randint(4, 20), y0 + rng.randint(4, 30)],
+            fill=tuple(rng.randint(0, 255) for _ in range(3)),
+        )
     scale = rng.uniform(0.8, 1.0)
     cx = w / 2 + rng.uniform(-0.12, 0.12) * w
     top = rng.uniform(0.02, 0.12) * h
@@ -135,10 +154,13 @@ def draw(attributes: dict[str, str], config: ToyConfig, rng: random.Random):
         if attributes["hair"] == "long":
             canvas.rectangle([cx - head_r, top + head_r, cx + head_r, top + 3 * head_r], fill=(40, 30, 20))
         elif attributes["hair"] == "ponytail":
-            canvas.ellipse([cx + head_r * 0.6, top + head_r * 0.5, cx + head_r * 1.5, top + 2.5 * head_r],
-                           fill=(40, 30, 20))
+            canvas.ellipse(
+                [cx + head_r * 0.6, top + head_r * 0.5, cx + head_r * 1.5, top + 2.5 * head_r], fill=(40, 30, 20)
+            )
     if attributes["accessory"] == "hat":
-        canvas.rectangle([cx - head_r * 1.2, top - unit * 0.1, cx + head_r * 1.2, top + head_r * 0.6], fill=(20, 20, 20))
+        canvas.rectangle(
+            [cx - head_r * 1.2, top - unit * 0.1, cx + head_r * 1.2, top + head_r * 0.6], fill=(20, 20, 20)
+        )
     elif attributes["accessory"] == "glasses":
         canvas.line([cx - head_r, top + head_r, cx + head_r, top + head_r], fill=(0, 0, 0), width=2)
     body_top = top + 2 * head_r
@@ -151,15 +173,25 @@ def draw(attributes: dict[str, str], config: ToyConfig, rng: random.Random):
     sleeve = upper if attributes["upper"] != "t-shirt" else skin
     swing = rng.uniform(-0.4, 0.4) * unit
     for side in (-1, 1):
-        canvas.line([cx + side * half, body_top + 2, cx + side * (half + unit * 0.3) + swing * side,
-                     body_top + upper_len], fill=sleeve, width=max(2, int(unit * 0.35)))
+        canvas.line(
+            [cx + side * half, body_top + 2, cx + side * (half + unit * 0.3) + swing * side, body_top + upper_len],
+            fill=sleeve,
+            width=max(2, int(unit * 0.35)),
+        )
     hip = body_top + upper_len
     lower = COLOURS[attributes["lower_colour"]]
     leg_len = unit * 3.0
     stride = rng.uniform(0.0, 0.6) * unit
     if attributes["lower"] == "skirt":
-        canvas.polygon([(cx - half, hip), (cx + half, hip), (cx + half * 1.4, hip + leg_len * 0.5),
-                        (cx - half * 1.4, hip + leg_len * 0.5)], fill=lower)
+        canvas.polygon(
+            [
+                (cx - half, hip),
+                (cx + half, hip),
+                (cx + half * 1.4, hip + leg_len * 0.5),
+                (cx - half * 1.4, hip + leg_len * 0.5),
+            ],
+            fill=lower,
+        )
     for side in (-1, 1):
         foot_x = cx + side * (half * 0.5 + stride)
         length = leg_len * (0.45 if attributes["lower"] in ("shorts", "skirt") else 1.0)
@@ -170,8 +202,9 @@ def draw(attributes: dict[str, str], config: ToyConfig, rng: random.Random):
         shoe = COLOURS.get(attributes["shoes"], (0, 0, 0))
         canvas.rectangle([foot_x - unit * 0.35, hip + leg_len - 2, foot_x + unit * 0.35, hip + leg_len + 2], fill=shoe)
     if attributes["bag"] == "backpack":
-        canvas.rectangle([cx + half, body_top + unit * 0.3, cx + half + unit * 0.5, body_top + upper_len * 0.8],
-                         fill=(60, 40, 20))
+        canvas.rectangle(
+            [cx + half, body_top + unit * 0.3, cx + half + unit * 0.5, body_top + upper_len * 0.8], fill=(60, 40, 20)
+        )
     elif attributes["bag"] in ("handbag", "shoulder bag"):
         y = hip - unit * 0.3 if attributes["bag"] == "handbag" else body_top + unit
         canvas.rectangle([cx - half - unit * 0.7, y, cx - half, y + unit * 0.7], fill=(150, 20, 60))
@@ -179,7 +212,9 @@ def draw(attributes: dict[str, str], config: ToyConfig, rng: random.Random):
         canvas.line([cx + half + unit * 0.4, hip, cx + half + unit * 0.4, hip - unit * 3], fill=(10, 10, 10), width=2)
     elif attributes["carried"] in ("phone", "cup"):
         fill = (10, 10, 10) if attributes["carried"] == "phone" else (240, 240, 240)
-        canvas.rectangle([cx + half + unit * 0.2, hip - unit * 0.2, cx + half + unit * 0.5, hip + unit * 0.2], fill=fill)
+        canvas.rectangle(
+            [cx + half + unit * 0.2, hip - unit * 0.2, cx + half + unit * 0.5, hip + unit * 0.2], fill=fill
+        )
     return ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
 
 
@@ -198,21 +233,24 @@ def generate(folder: Path, config: ToyConfig) -> None:
             target = folder / "imgs" / file_path
             target.parent.mkdir(parents=True, exist_ok=True)
             draw(attributes, config, rng).save(target, quality=90)
-            records.append({
-                "split": split,
-                "captions": [caption(attributes, rng), caption(attributes, rng)],
-                "file_path": file_path,
-                "id": pid,
-                "attributes": attributes,
-            })
+            records.append(
+                {
+                    "split": split,
+                    "captions": [caption(attributes, rng), caption(attributes, rng)],
+                    "file_path": file_path,
+                    "id": pid,
+                    "attributes": attributes,
+                }
+            )
     (folder / "reid_raw.json").write_text(json.dumps(records), encoding="utf-8")
 
 
 def expected_counts(config: ToyConfig) -> dict[str, dict[str, int]]:
-    split_ids = {"train": config.ids - config.val_ids - config.test_ids, "val": config.val_ids,
-                 "test": config.test_ids}
-    return {split: {"ids": n, "images": n * config.images_per_id, "captions": 2 * n * config.images_per_id}
-            for split, n in split_ids.items()}
+    split_ids = {"train": config.ids - config.val_ids - config.test_ids, "val": config.val_ids, "test": config.test_ids}
+    return {
+        split: {"ids": n, "images": n * config.images_per_id, "captions": 2 * n * config.images_per_id}
+        for split, n in split_ids.items()
+    }
 
 
 def ensure_generated(config: ToyConfig | None = None, root: Path | None = None) -> Path:

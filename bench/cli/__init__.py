@@ -12,8 +12,13 @@ def _parser() -> argparse.ArgumentParser:
     from tbps_bench.cli import data_cmd, eval_cmd, list_cmd, score_cmd
 
     parser = argparse.ArgumentParser(prog="tbps-bench", description=__doc__)
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                        help="import a plugin file that registers methods or datasets (repeatable)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a plugin file that registers methods or datasets (repeatable)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for module in (list_cmd, eval_cmd, score_cmd, data_cmd):
         module.add_parser(commands)

@@ -39,9 +39,10 @@ def run_info(args, argv) -> int:
 
     dataset = DATASETS.load(args.dataset)(root=args.root)
     stats = dataset.split_statistics()
-    rows = [[name, s["ids"], s["images"], s["captions"], f"{s['words_mean']:.1f}", s["words_min"], s["words_max"]]
-            for name, s in stats.items()]
+    rows = [
+        [name, s["ids"], s["images"], s["captions"], f"{s['words_mean']:.1f}", s["words_min"], s["words_max"]]
+        for name, s in stats.items()
+    ]
     print(f"{dataset.spec.title}: {dataset.spec.citation}")
-    print(tabulate(rows, headers=["split", "ids", "images", "captions", "words mean", "min", "max"],
-                   tablefmt="github"))
+    print(tabulate(rows, headers=["split", "ids", "images", "captions", "words mean", "min", "max"], tablefmt="github"))
     return 0

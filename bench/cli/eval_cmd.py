@@ -21,8 +21,13 @@ def add_parser(commands) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default="results", help="folder for result files")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="argument passed to the method (repeatable; values parsed as JSON when possible)")
+    parser.add_argument(
+        "--method-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="argument passed to the method (repeatable; values parsed as JSON when possible)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="re-encode even when cached features exist")
     parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
     parser.set_defaults(run=run)
@@ -51,9 +56,18 @@ def run(args, argv) -> int:
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit must be >= 1, got {args.limit}")
     options = EvalOptions(
-        data_root=args.data_root, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-        amp=args.amp, limit=args.limit, out_dir=args.out, split=args.split, seed=args.seed,
-        method_args=parse_method_args(args.method_arg), use_cache=not args.no_cache, workers=args.workers,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        amp=args.amp,
+        limit=args.limit,
+        out_dir=args.out,
+        split=args.split,
+        seed=args.seed,
+        method_args=parse_method_args(args.method_arg),
+        use_cache=not args.no_cache,
+        workers=args.workers,
     )
     methods = [m for m in args.methods.split(",") if m]
     datasets = [d for d in args.datasets.split(",") if d]

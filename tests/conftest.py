@@ -1,0 +1,40 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test writes caches under a session temp folder, never in the user's home."""
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registries(monkeypatch):
+    """Plugins registered by one test (``--plugin``) must not leak into the next."""
+    from tbps_bench import registry
+
+    for reg in (registry.METHODS, registry.DATASETS):
+        monkeypatch.setattr(reg, "_entries", None)
+        monkeypatch.setattr(reg, "_pending", [])
+
+
+@pytest.fixture
+def clustered_embeddings():
+    """A small retrieval problem with real signal: ids cluster, captions noisier than images."""
+
+    def make(n_ids=30, per_id=3, dim=32, noise=1.0, seed=0, captions_per_image=2):
+        generator = torch.Generator().manual_seed(seed)
+        centres = torch.randn(n_ids, dim, generator=generator)
+        image_ids = torch.arange(n_ids).repeat_interleave(per_id)
+        text_ids = image_ids.repeat_interleave(captions_per_image)
+        image = centres[image_ids] + noise * torch.randn(len(image_ids), dim, generator=generator)
+        text = centres[text_ids] + noise * torch.randn(len(text_ids), dim, generator=generator)
+        norm = torch.nn.functional.normalize
+        return norm(text, dim=1), norm(image, dim=1), text_ids, image_ids
+
+    return make
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,114 @@
+import pytest
+
+from tbps_bench.cli import main
+from tbps_bench.errors import BenchError
+from tbps_bench.registry import Registry
+
+
+def _registry(builtins):
+    return Registry("method", "tbps_bench.tests_nonexistent_group", lambda: builtins)
+
+
+def test_lazy_builtins_are_not_imported_by_listing():
+    registry = _registry({"ghost": "module_that_does_not_exist:Thing"})
+    assert registry.names() == ["ghost"]  # listing does not import
+    with pytest.raises(BenchError, match="method 'ghost' .* failed to load .*ModuleNotFoundError"):
+        registry.load("ghost")
+
+
+def test_duplicate_names_raise():
+    registry = _registry({"a": "x:y"})
+    registry.names()
+    with pytest.raises(BenchError, match="duplicate method name 'a'"):
+        registry.register("a", "z:w", origin="file (p.py)")
+
+
+def test_did_you_mean():
+    registry = _registry({"nafs": "x:y", "cmpm-cmpc": "x:z"})
+    with pytest.raises(BenchError, match="did you mean 'nafs'"):
+        registry.entry("nafz")
+
+
+PLUGIN = '''
+import torch
+from tbps_bench.methods import Method
+from tbps_bench.registry import register_method
+
+@register_method("ones-{tag}")
+class Ones(Method):
+    name = "ones-{tag}"
+    needs_pixels = False
+    def encode_images(self, batch):
+        return torch.ones(len(batch["index"]), 4)
+    def encode_texts(self, batch):
+        return torch.ones(len(batch["index"]), 4)
+'''
+
+
+def test_plugin_file_registers_and_evaluates(tmp_path, capsys):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(PLUGIN.format(tag="a"))
+    assert main(["--plugin", str(plugin), "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "ones-a" in listing and "file (my_plugin.py)" in listing
+    out = tmp_path / "res"
+    assert main(["--plugin", str(plugin), "eval", "-m", "ones-a", "-d", "toy-pedes", "--out", str(out)]) == 0
+    assert list(out.rglob("*.json"))
+
+
+def test_broken_plugin_file_is_one_line(tmp_path, capsys):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("raise RuntimeError('boom')\n")
+    assert main(["--plugin", str(plugin), "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: plugin file {plugin} raised on import: RuntimeError: boom"]
+
+
+def test_list_load_reports_a_broken_entry_without_crashing(capsys, monkeypatch):
+    from tbps_bench import registry
+
+    monkeypatch.setattr(registry.METHODS, "_entries", None)
+    monkeypatch.setattr(registry.METHODS, "_pending", [registry.Entry("broken", "no_such_mod:X", "python")])
+    assert main(["list", "--load"]) == 0
+    out = capsys.readouterr().out
+    assert "broken" in out and "[broken:" in out and "oracle" in out and "[ok]" in out
+
+
+BAD_SHAPES = '''
+import torch
+from tbps_bench.methods import Method
+from tbps_bench.registry import register_method
+
+@register_method("bad-{kind}")
+class Bad(Method):
+    needs_pixels = False
+    name = "bad-{kind}"
+    def encode_images(self, batch):
+        n = len(batch["index"])
+        if "{kind}" == "rows":
+            return torch.ones(n + 1, 4)
+        if "{kind}" == "nan":
+            out = torch.ones(n, 4); out[0, 0] = float("nan"); return out
+        return torch.ones(n, 4)
+    def encode_texts(self, batch):
+        return torch.ones(len(batch["index"]), 3 if "{kind}" == "dim" else 4)
+'''
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("rows", "method 'bad-rows' encode_images returned 65 rows for 'features' but the batch has 64 items"),
+        ("nan", "method 'bad-nan' encode_images returned NaN/inf features for 'features': 1 rows, first at row 0"),
+        ("dim", "method 'bad-dim' returned image features (200, 4) and text features (400, 3)"),
+    ],
+)
+def test_bad_plugin_outputs_are_named_and_others_complete(tmp_path, capsys, kind, message):
+    plugin = tmp_path / f"bad_{kind}.py"
+    plugin.write_text(BAD_SHAPES.format(kind=kind))
+    out = tmp_path / "res"
+    code = main(["--plugin", str(plugin), "eval", "-m", f"bad-{kind},oracle", "-d", "toy-pedes", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert message.replace("(", "(") in err
+    assert [p.parent.name for p in out.rglob("*.json")] == ["oracle"]
