@@ -138,6 +138,7 @@ def register_dataset(name: str, target: str | Callable[..., Any]) -> None:
 
 
 _loading_file: str | None = None
+_loaded_files: set[Path] = set()
 
 
 def _caller_origin() -> str:
@@ -150,6 +151,8 @@ def load_plugin_file(path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"plugin file not found: {path} (expected a Python file that calls register_method)")
+    if path.resolve() in _loaded_files:  # a second --plugin of the same file is a no-op
+        return
     module_name = f"tbps_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -159,6 +162,7 @@ def load_plugin_file(path: str | Path) -> None:
     _loading_file = path.name
     try:
         spec.loader.exec_module(module)
+        _loaded_files.add(path.resolve())
     except BenchError:
         raise
     except Exception as exc:

@@ -73,7 +73,8 @@ def build_result(
 
 
 def result_path(out_dir: str | Path, result: dict[str, Any]) -> Path:
-    return Path(out_dir) / result["dataset"]["name"] / result["method"]["name"] / f"{result['run_id']}.json"
+    split = result["dataset"].get("split", "test").replace("/", "-")
+    return Path(out_dir) / result["dataset"]["name"] / result["method"]["name"] / f"{result['run_id']}_{split}.json"
 
 
 def write_result(out_dir: str | Path, result: dict[str, Any]) -> Path:

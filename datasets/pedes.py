@@ -160,7 +160,7 @@ class PedesDataset:
             hf.disable_progress_bars()
         cache = self._cache_dir()
         if (cache / "dataset_dict.json").is_file():
-            return hf.load_from_disk(str(cache))
+            return self._with_lazy_images(hf.load_from_disk(str(cache)))
         records = self.records()
         labels = train_label_map([r.pid for r in records if r.split == "train"])
         columns: dict[str, dict[str, list[Any]]] = {}
@@ -177,7 +177,7 @@ class PedesDataset:
             table["source"].append(record.source or "")
         features = hf.Features(
             {
-                "image": hf.Image(),
+                "image": hf.Value("string"),
                 "file_path": hf.Value("string"),
                 "pid": hf.Value("int64"),
                 "label": hf.Value("int64"),
@@ -190,7 +190,14 @@ class PedesDataset:
         )
         with atomic_dir(cache) as tmp:
             splits.save_to_disk(str(tmp))
-        return hf.load_from_disk(str(cache))
+        return self._with_lazy_images(hf.load_from_disk(str(cache)))
+
+    @staticmethod
+    def _with_lazy_images(splits):
+        """Paths are stored as strings (a missing file must not break loading); decode on access."""
+        import datasets as hf
+
+        return hf.DatasetDict({name: table.cast_column("image", hf.Image()) for name, table in splits.items()})
 
     # ---------------------------------------------------------------- views
     def eval_split(self, split: str = "test") -> EvalSplit:
