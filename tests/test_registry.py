@@ -112,3 +112,28 @@ def test_bad_plugin_outputs_are_named_and_others_complete(tmp_path, capsys, kind
     err = capsys.readouterr().err
     assert message.replace("(", "(") in err
     assert [p.parent.name for p in out.rglob("*.json")] == ["oracle"]
+
+
+def test_readme_add_a_method_example_runs(tmp_path, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n# my_method.py")[1].split("```")[0]
+    plugin = tmp_path / "my_method.py"
+    plugin.write_text("# my_method.py" + code)
+    out = tmp_path / "res"
+    assert main(["--plugin", str(plugin), "eval", "-m", "mean-colour", "-d", "toy-pedes", "--out", str(out)]) == 0
+    assert "mean-colour @ toy-pedes/test" in capsys.readouterr().out
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch, capsys):
+    """A distribution declaring the tbps_bench.models group shows up with no change in the host."""
+    (tmp_path / "ep_plugin_mod.py").write_text(PLUGIN.format(tag="ep"))
+    dist = tmp_path / "ep_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tbps_bench.models]\nones-ep-entry = ep_plugin_mod:Ones\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "ones-ep-entry" in listing and "entry point (ep-plugin)" in listing
