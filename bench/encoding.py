@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, cache_root, sha256_json
 from tbps_bench.methods import Features, Method

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from tbps_bench.encoding import FeatureCache, encode_images, encode_texts
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_file

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
 from tbps_bench.errors import BenchError, first_offending
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)

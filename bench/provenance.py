@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tbps_bench
 import torch
+
+import tbps_bench
 
 _LIBRARIES = ("torch", "torchvision", "transformers", "datasets", "numpy", "safetensors", "pillow")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, cache_root, sha256_file, sha256_json
 from tbps_bench.splits import EvalSplit

@@ -9,9 +9,10 @@ import re
 
 import pytest
 import torch
-from reference_metrics import naive_full_argsort
 
 from tbps_bench import evaluate_embeddings
+
+from reference_metrics import naive_full_argsort
 
 
 def synthetic(n_text: int, n_image: int, n_ids: int = 1000, dim: int = 512, noise: float = 3.0, seed: int = 0):

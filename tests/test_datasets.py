@@ -33,17 +33,33 @@ def _records(key="file_path", splits=(("train", 3), ("val", 1), ("test", 2)), ca
         for _ in range(ids):
             pid += 1
             for shot in range(2):
-                records.append({"split": split, "id": pid, key: f"{prefix}/{pid}_{shot}.jpg",
-                                "captions": [f"a person {pid} in a red coat {c}" for c in range(captions)],
-                                "processed_tokens": []})
+                records.append(
+                    {
+                        "split": split,
+                        "id": pid,
+                        key: f"{prefix}/{pid}_{shot}.jpg",
+                        "captions": [f"a person {pid} in a red coat {c}" for c in range(captions)],
+                        "processed_tokens": [],
+                    }
+                )
     return records
 
 
 def _spec(name="tiny", files=("reid_raw.json",), keys=("file_path",), splits=None, **extra) -> DatasetSpec:
     counts = splits or {"train": SplitCounts(3, 6, 12), "val": SplitCounts(1, 2, 4), "test": SplitCounts(2, 4, 8)}
-    return DatasetSpec(name=name, title=name, citation="", access="", folder=name.upper(), image_dir="imgs",
-                       annotation_files=tuple(files), image_keys=tuple(keys),
-                       adapter="tbps_datasets.pedes:PedesDataset", splits=counts, **extra)
+    return DatasetSpec(
+        name=name,
+        title=name,
+        citation="",
+        access="",
+        folder=name.upper(),
+        image_dir="imgs",
+        annotation_files=tuple(files),
+        image_keys=tuple(keys),
+        adapter="tbps_datasets.pedes:PedesDataset",
+        splits=counts,
+        **extra,
+    )
 
 
 def _dataset(spec, root):
@@ -219,9 +235,15 @@ def test_ufine3c_is_evaluated_whole_and_per_source(tmp_path):
 
 
 def test_second_load_of_cuhk_sized_annotation_is_fast(tmp_path, benchmark):
-    records = [{"split": "train", "id": i // 3 + 1, "file_path": f"train/{i}.jpg",
-                "captions": ["a man in a black jacket and blue jeans carrying a bag", "he wears white shoes"]}
-               for i in range(40206)]
+    records = [
+        {
+            "split": "train",
+            "id": i // 3 + 1,
+            "file_path": f"train/{i}.jpg",
+            "captions": ["a man in a black jacket and blue jeans carrying a bag", "he wears white shoes"],
+        }
+        for i in range(40206)
+    ]
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
     spec = _spec(splits={"train": SplitCounts(13402, 40206, 80412)})
     _dataset(spec, tmp_path).hf_splits()  # first load builds the cache

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
-from reference_metrics import brute_force, naive_full_argsort
 
 from tbps_bench import BenchError, evaluate_embeddings, evaluate_scores
 from tbps_bench import metrics as metrics_module
+
+from reference_metrics import brute_force, naive_full_argsort
 
 
 def _assert_matches_brute(result, scores, text_ids, image_ids):
@@ -38,8 +39,8 @@ def test_matches_brute_force_random_scores(seed):
     generator = torch.Generator().manual_seed(seed)
     image_ids = torch.randint(0, 6, (23,), generator=generator)
     text_ids = image_ids[torch.randint(0, 23, (41,), generator=generator)]
-    image_ids[: 6] = torch.arange(6)  # every id has an image
-    text_ids[: 6] = torch.arange(6)  # and a caption
+    image_ids[:6] = torch.arange(6)  # every id has an image
+    text_ids[:6] = torch.arange(6)  # and a caption
     scores = torch.randn(41, 23, generator=generator)
     _assert_matches_brute(evaluate_scores(scores, text_ids, image_ids, chunk_bytes=1), scores, text_ids, image_ids)
 
@@ -140,7 +141,10 @@ def test_cmc_curve_is_monotone_and_ends_at_r20(clustered_embeddings):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda s, t, i: (s.index_fill(0, torch.tensor([3]), math.nan), t, i), "NaN or inf: 40 entries, first at flat index 120"),
+        (
+            lambda s, t, i: (s.index_fill(0, torch.tensor([3]), math.nan), t, i),
+            "NaN or inf: 40 entries, first at flat index 120",
+        ),
         (lambda s, t, i: (s, t[:-1], i), "text_ids has 59 entries but there are 60 texts"),
         (lambda s, t, i: (s, t, i.float()), "image_ids must hold integer person ids"),
         (lambda s, t, i: (s[:0], t[:0], i), "similarity is empty"),

@@ -29,7 +29,7 @@ def test_did_you_mean():
         registry.entry("nafz")
 
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 from tbps_bench.methods import Method
 from tbps_bench.registry import register_method
@@ -42,7 +42,7 @@ class Ones(Method):
         return torch.ones(len(batch["index"]), 4)
     def encode_texts(self, batch):
         return torch.ones(len(batch["index"]), 4)
-'''
+"""
 
 
 def test_plugin_file_registers_and_evaluates(tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_list_load_reports_a_broken_entry_without_crashing(capsys, monkeypatch):
     assert "broken" in out and "[broken:" in out and "oracle" in out and "[ok]" in out
 
 
-BAD_SHAPES = '''
+BAD_SHAPES = """
 import torch
 from tbps_bench.methods import Method
 from tbps_bench.registry import register_method
@@ -92,7 +92,7 @@ class Bad(Method):
         return torch.ones(n, 4)
     def encode_texts(self, batch):
         return torch.ones(len(batch["index"]), 3 if "{kind}" == "dim" else 4)
-'''
+"""
 
 
 @pytest.mark.parametrize(

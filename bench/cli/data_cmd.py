@@ -35,6 +35,7 @@ def run_check(args, argv) -> int:
 
 def run_info(args, argv) -> int:
     from tabulate import tabulate
+
     from tbps_bench.registry import DATASETS
 
     dataset = DATASETS.load(args.dataset)(root=args.root)

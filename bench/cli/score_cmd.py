@@ -34,6 +34,7 @@ def load_npz(path: str | Path):
 
 def run(args, argv) -> int:
     import torch
+
     from tbps_bench.metrics import evaluate_scores
 
     similarity, text_ids, image_ids = load_npz(args.file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tabulate import tabulate
+
 from tbps_bench.results import METRIC_NAMES
 
 

@@ -6,6 +6,7 @@ It checks the harness end to end: a pipeline bug that mixes up ids or orders sho
 from __future__ import annotations
 
 import torch
+
 from tbps_bench.methods import Method
 
 
