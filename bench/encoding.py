@@ -55,7 +55,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         return item
 
 
-def _concat(parts: list[Features], who: str) -> Features:
+def _concat(parts: list[Features]) -> Features:
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
@@ -101,7 +101,7 @@ def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, w
             features = method.encode_images(batch)
         _check_features(features, len(batch["index"]), who)
         parts.append(_to_cpu_float(features))
-    return _concat(parts, who)
+    return _concat(parts)
 
 
 @torch.inference_mode()
@@ -122,7 +122,7 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) ->
             features = method.encode_texts(batch)
         _check_features(features, len(captions), who)
         parts.append(_to_cpu_float(features))
-    return _concat(parts, who)
+    return _concat(parts)
 
 
 def _to_cpu_float(features: Features) -> Features:

@@ -201,7 +201,7 @@ def _direction(
 
 
 def _rows_per_chunk(gallery: int, chunk_bytes: int, itemsize: int = 4) -> int:
-    # the block itself, its candidate mask, and headroom for the candidate keys
+    # the float32 block plus headroom for the positives gathered from it
     per_row = max(gallery, 1) * (itemsize + 1 + 8)
     return max(1, min(chunk_bytes // per_row, 4096))
 
