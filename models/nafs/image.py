@@ -1,0 +1,98 @@
+"""The staircase image network: a ResNet trunk plus two branch copies that see finer stripes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tbps_bench.errors import BenchError
+
+
+def _last_stride_one(layer: nn.Sequential) -> None:
+    """Keep layer4 at the resolution of layer3 (24 x 8 for a 384 x 128 input)."""
+    block = layer[0]
+    strided = block.conv2 if hasattr(block, "conv3") else block.conv1  # Bottleneck vs BasicBlock
+    strided.stride = (1, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
+def stripe_bounds(height: int, parts: int) -> list[tuple[int, int]]:
+    """``height // parts`` rows per stripe; the last stripe takes the remainder."""
+    size = height // parts
+    if size == 0:
+        raise BenchError(f"a feature map of {height} rows cannot be cut into {parts} stripes; use larger images")
+    return [(k * size, height if k == parts - 1 else (k + 1) * size) for k in range(parts)]
+
+
+def _stripes(x: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    return [x[:, :, a:b] for a, b in stripe_bounds(x.shape[2], parts)]
+
+
+class StaircaseImageNet(nn.Module):
+    """Branch 1: the trunk. Branch 2: copies of layer3+layer4 on layer2's map. Branch 3: a copy of
+    layer4 on layer3's map. Branches 2 and 3 are pooled per horizontal stripe."""
+
+    def __init__(self, trunk: str = "resnet50", part2: int = 3, part3: int = 2, weights: str | None = None):
+        super().__init__()
+        import torchvision
+
+        base = getattr(torchvision.models, trunk)(weights=None)
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise BenchError(f"trunk weights file {path} does not exist; expected a torchvision {trunk} state dict")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = base.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise BenchError(
+                    f"trunk weights {path} do not fit torchvision {trunk}: missing {missing[:3]}, "
+                    f"unexpected {unexpected[:3]}"
+                )
+        _last_stride_one(base.layer4)
+        self.conv1, self.bn1, self.relu, self.maxpool = base.conv1, base.bn1, base.relu, base.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = base.layer1, base.layer2, base.layer3, base.layer4
+        self.branch2_layer3 = copy.deepcopy(base.layer3)
+        self.branch2_layer4 = copy.deepcopy(base.layer4)
+        self.branch3_layer4 = copy.deepcopy(base.layer4)
+        self.part2, self.part3 = part2, part3
+        self.channels = base.fc.in_features
+
+    @staticmethod
+    def _branch(x: torch.Tensor, layers: list[nn.Module], parts: int, perm: list[int] | None) -> list[torch.Tensor]:
+        """Split & shuffle: run the branch on the stripes in ``perm`` order, then restore the order."""
+        if perm is not None:
+            stripes = _stripes(x, parts)
+            x = torch.cat([stripes[p] for p in perm], dim=2)
+        for layer in layers:
+            x = layer(x)
+        pooled = [s.mean(dim=(2, 3)) for s in _stripes(x, parts)]
+        if perm is None:
+            return pooled
+        restored: list[torch.Tensor] = [pooled[0]] * parts
+        for position, source in enumerate(perm):
+            restored[source] = pooled[position]
+        return restored
+
+    def forward(
+        self, images: torch.Tensor, perm2: list[int] | None = None, perm3: list[int] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the pooled global map (B x C) and the part2 + part3 stripe vectors (B x C each).
+
+        In training mode, stripes are shuffled by one random permutation per batch unless given."""
+        if self.training:
+            perm2 = perm2 if perm2 is not None else torch.randperm(self.part2).tolist()
+            perm3 = perm3 if perm3 is not None else torch.randperm(self.part3).tolist()
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x2 = self.layer2(self.layer1(x))
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        global_map = x4.mean(dim=(2, 3))
+        stripes = self._branch(x2, [self.branch2_layer3, self.branch2_layer4], self.part2, perm2)
+        stripes += self._branch(x3, [self.branch3_layer4], self.part3, perm3)
+        return global_map, stripes

@@ -1,0 +1,132 @@
+"""The NAFS network: image and text branches, the global features and the local key/value heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tbps_bench.errors import BenchError
+from tbps_models.nafs.config import NafsConfig
+from tbps_models.nafs.image import StaircaseImageNet
+from tbps_models.nafs.scoring import local_similarity
+from tbps_models.nafs.text import TextExtractor, load_bert
+
+
+def _frozen_bias_batchnorm(features: int) -> nn.BatchNorm1d:
+    """BatchNorm1d whose bias starts at 0 and is not trained (the released "bottleneck")."""
+    norm = nn.BatchNorm1d(features)
+    nn.init.zeros_(norm.bias)
+    norm.bias.requires_grad_(False)
+    return norm
+
+
+class Nafs(nn.Module):
+    """Module and parameter names follow the released checkpoint, so its state dict loads as is."""
+
+    def __init__(self, config: NafsConfig):
+        super().__init__()
+        if config.text_encoder is None:
+            raise BenchError("NAFS needs a text encoder folder (config.json + vocab.txt): set text_encoder")
+        self.config = config
+        self.image_model = StaircaseImageNet(config.trunk, config.part2, config.part3, config.trunk_weights)
+        self.language_model = TextExtractor(load_bert(config.text_encoder, config.text_encoder_pretrained))
+        d = self.language_model.hidden_size
+        channels = self.image_model.channels
+        elements = config.text_elements
+        self.feature_size = d
+        self.conv_images = nn.Conv2d(channels, d, 1)
+        self.conv_text = nn.Conv2d(d, d, 1)
+        self.bottleneck_image = _frozen_bias_batchnorm(d)
+        self.bottleneck_text = _frozen_bias_batchnorm(d)
+        self.local_fc_text_key = nn.Linear(d, d)
+        self.local_bottleneck_text_key = nn.LayerNorm([elements, d])
+        self.local_fc_text_value = nn.Linear(d, d)
+        self.local_bottleneck_text_value = nn.LayerNorm([elements, d])
+        self.global_image_query = nn.Linear(d, d)
+        self.global_image_value = nn.Linear(d, d)
+        self.fc_p2_list = nn.ModuleList(nn.Linear(channels, d) for _ in range(config.part2))
+        self.fc_p3_list = nn.ModuleList(nn.Linear(channels, d) for _ in range(config.part3))
+        self.fc_p2_list_query = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part2))
+        self.fc_p2_list_value = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part2))
+        self.fc_p3_list_query = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part3))
+        self.fc_p3_list_value = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part3))
+
+    def encode_images(
+        self, images: torch.Tensor, perm2: list[int] | None = None, perm3: list[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        expected = (3, self.config.image_height, self.config.image_width)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise BenchError(
+                f"NAFS expects images of shape (batch, {', '.join(map(str, expected))}); got {tuple(images.shape)}"
+            )
+        global_map, stripes = self.image_model(images, perm2, perm3)
+        pooled = self.conv_images(global_map[:, :, None, None]).flatten(1)
+        global_feat = self.bottleneck_image(pooled)
+        stripe_feats = [fc(s) for fc, s in zip([*self.fc_p2_list, *self.fc_p3_list], stripes, strict=True)]
+        queries = [self.global_image_query(global_feat)]
+        values = [self.global_image_value(global_feat)]
+        heads = zip(
+            [*self.fc_p2_list_query, *self.fc_p3_list_query],
+            [*self.fc_p2_list_value, *self.fc_p3_list_value],
+            stripe_feats,
+            strict=True,
+        )
+        for query, value, feat in heads:
+            queries.append(query(feat))
+            values.append(value(feat))
+        return {
+            "global_img_feat": global_feat,
+            "local_img_query": torch.stack(queries, dim=1),
+            "local_img_value": torch.stack(values, dim=1),
+        }
+
+    def encode_texts(
+        self, tokens: torch.Tensor, mask: torch.Tensor, sub_tokens: torch.Tensor, sub_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        length = self.config.max_length
+        if tokens.shape[1] != length or sub_tokens.shape[1:] != (self.config.sub_sentences, length):
+            raise BenchError(
+                f"NAFS expects token ids of length {length} and {self.config.sub_sentences} sub-sentences; got "
+                f"{tuple(tokens.shape)} and {tuple(sub_tokens.shape)}"
+            )
+        hidden, sub_cls = self.language_model(tokens, mask, sub_tokens, sub_mask)
+        global_feat = self.bottleneck_text(self.conv_text(hidden[:, 0, :, None, None]).flatten(1))
+        elements = torch.cat([global_feat[:, None], sub_cls, hidden[:, 1 : length - 1]], dim=1)
+        return {
+            "global_text_feat": global_feat,
+            "local_text_key": self.local_bottleneck_text_key(self.local_fc_text_key(elements)),
+            "local_text_value": self.local_bottleneck_text_value(self.local_fc_text_value(elements)),
+        }
+
+    def score(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor], lengths: torch.Tensor):
+        """S = cos(global) + S_loc for every image x text pair, with the parts, as (images x texts)."""
+        sim_global = torch.nn.functional.normalize(images["global_img_feat"], dim=1, eps=1e-12) @ (
+            torch.nn.functional.normalize(texts["global_text_feat"], dim=1, eps=1e-12).T
+        )
+        sim_local = local_similarity(
+            images["local_img_query"],
+            images["local_img_value"],
+            texts["local_text_key"],
+            texts["local_text_value"],
+            lengths,
+            self.config.lambda_softmax,
+        )
+        return sim_global + sim_local, sim_global, sim_local
+
+
+def build_from_official(
+    checkpoint: str | Path, text_encoder: str | Path, config: NafsConfig | None = None, strict: bool = True
+) -> Nafs:
+    """NAFS from a checkpoint in the authors' release format plus a BERT folder (config + vocab).
+
+    The BERT weights come from the checkpoint, so the folder needs no weights. Returns the model in
+    eval mode; ``model.loss_weight_matrix`` holds the checkpoint's ``W`` when it has one."""
+    from tbps_models.nafs.checkpoint import load_official_checkpoint
+
+    base = config.to_dict() if config is not None else {}
+    base.update(text_encoder=str(text_encoder), text_encoder_pretrained=False)
+    model = Nafs(NafsConfig.from_dict(base))
+    load_official_checkpoint(model, checkpoint, strict=strict)
+    return model.eval()
