@@ -55,10 +55,20 @@ class _ImageFiles(torch.utils.data.Dataset):
         return item
 
 
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate batches whose trailing sizes differ (variable-length text features): zero-pad."""
+    widest = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+    padded = []
+    for t in tensors:
+        pad = [p for size, want in zip(reversed(t.shape[1:]), reversed(widest), strict=True) for p in (0, want - size)]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
 def _concat(parts: list[Features]) -> Features:
     if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        return _cat_padded(parts)
+    return {key: _cat_padded([p[key] for p in parts]) for key in parts[0]}
 
 
 def _check_features(features: Features, count: int, who: str) -> None:

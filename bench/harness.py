@@ -12,7 +12,7 @@ import torch
 from tbps_bench.encoding import FeatureCache, encode_images, encode_texts
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_file
-from tbps_bench.methods import Features, Method
+from tbps_bench.methods import Method
 from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
 from tbps_bench.provenance import provenance
 from tbps_bench.registry import DATASETS, METHODS
@@ -64,26 +64,6 @@ def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
     return factory(root=data_root).eval_split(split)
 
 
-def _pairwise_scores(method: Method, images: Features, texts: Features, block: int = 256) -> torch.Tensor:
-    """The (texts x images) matrix from a cross-modal scorer, computed in image x text blocks."""
-
-    def rows(features: Features, part: slice) -> Features:
-        if isinstance(features, torch.Tensor):
-            return features[part].to(method.device)
-        return {k: v[part].to(method.device) for k, v in features.items()}
-
-    n_images = len(images) if isinstance(images, torch.Tensor) else len(next(iter(images.values())))
-    n_texts = len(texts) if isinstance(texts, torch.Tensor) else len(next(iter(texts.values())))
-    scores = torch.empty(n_texts, n_images)
-    with torch.inference_mode():
-        for i in range(0, n_images, block):
-            image_rows = rows(images, slice(i, i + block))
-            for t in range(0, n_texts, block * 4):
-                block_scores = method.score_pairs(image_rows, rows(texts, slice(t, t + block * 4)))
-                scores[t : t + block * 4, i : i + block] = block_scores.float().T.cpu()
-    return scores
-
-
 def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache):
     """Encode (or reuse) features and compute both directions; returns metrics and timings."""
     checkpoint_sha = sha256_file(options.checkpoint) if options.checkpoint else None
@@ -112,7 +92,7 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
     timings["encode_texts_s"] = time.perf_counter() - start
     start = time.perf_counter()
     if method.pairwise:
-        scores = _pairwise_scores(method, image_features, text_features)
+        scores = method.score_all(image_features, text_features)
         timings["pairwise_scoring_s"] = time.perf_counter() - start
         start = time.perf_counter()
         retrieval = evaluate_scores(scores, split.caption_pids, split.image_pids)
@@ -190,7 +170,8 @@ def _write(
             "arguments": method.arguments(),
             "checkpoint": {"file": Path(options.checkpoint).name, "sha256": checkpoint_sha} if checkpoint_sha else None,
             "preprocessing": method.preprocessing(),
-            "trained_on": method.options.get("trained_on"),
+            "trained_on": (method.training_record or {}).get("dataset"),
+            "training": method.training_record,
         },
         dataset={
             "name": split.dataset,
@@ -204,6 +185,6 @@ def _write(
         timings=timings,
         provenance=provenance(device, options.seed, argv),
         partial=split.limit is not None,
-        protocol_extra={"amp": options.amp, "batch_size": options.batch_size},
+        protocol_extra={"amp": options.amp, "batch_size": options.batch_size, **method.protocol()},
     )
     return write_result(options.out_dir, result)

@@ -9,11 +9,16 @@ feature dictionaries and scores blocks of images x texts with ``score_pairs``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 Features = torch.Tensor | dict[str, torch.Tensor]
+
+
+def feature_count(features: Features) -> int:
+    return len(features) if isinstance(features, torch.Tensor) else len(next(iter(features.values())))
 
 
 class Method:
@@ -34,6 +39,8 @@ class Method:
         self.device = torch.device(device)
         self.checkpoint = checkpoint
         self.options = dict(options)
+        #: what the loaded weights were trained on ({"dataset": ..., "selected_on": ..., ...}); None = untrained
+        self.training_record: dict[str, Any] | None = None
 
     # -- description, recorded in results and in the cache key
     def arguments(self) -> dict[str, Any]:
@@ -62,6 +69,69 @@ class Method:
     # -- cross-modal scoring: (images x texts) block
     def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} is not a pairwise method")
+
+    def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
+        """The whole (texts x images) matrix of a pairwise method, from ``score_pairs`` on blocks.
+
+        Methods override this when a score needs more than one block at a time (shortlists,
+        re-ranking); extra protocol choices then go in ``protocol()``."""
+
+        def rows(features: Features, part: slice) -> Features:
+            if isinstance(features, torch.Tensor):
+                return features[part].to(self.device)
+            return {k: v[part].to(self.device) for k, v in features.items()}
+
+        n_images, n_texts = feature_count(image_features), feature_count(text_features)
+        scores = torch.empty(n_texts, n_images)
+        with torch.inference_mode():
+            for i in range(0, n_images, block):
+                image_rows = rows(image_features, slice(i, i + block))
+                for t in range(0, n_texts, block * 4):
+                    block_scores = self.score_pairs(image_rows, rows(text_features, slice(t, t + block * 4)))
+                    scores[t : t + block * 4, i : i + block] = block_scores.float().T.cpu()
+        return scores
+
+    def protocol(self) -> dict[str, Any]:
+        """Choices of the scoring protocol that a leaderboard must show (re-ranking, shortlists)."""
+        return {}
+
+    # -- training (optional): the shared loop in tbps_bench.training drives these
+    trainable: bool = False
+
+    def default_training_config(self) -> dict[str, Any]:
+        """The schedule this method is trained with unless the user gives one."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any]) -> None:
+        """Build what training needs beyond inference (loss heads sized to ``num_classes``)."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
+        return self.image_transform()
+
+    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Optimizer groups: ``params`` plus their own ``lr`` / ``weight_decay``."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def training_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (``pixels``, ``tokens``, ``labels``); ``total`` is minimised."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor, for the loop's own resume file."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def load_training_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def save_checkpoint(self, folder: str | Path, record: dict[str, Any]) -> None:
+        """A checkpoint that ``--checkpoint`` loads back, with ``record`` as its training record."""
+        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+
+    def train(self, mode: bool = True) -> Method:
+        for module in self.modules():
+            module.train(mode)
+        return self
 
     def eval(self) -> Method:
         for module in self.modules():

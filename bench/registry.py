@@ -107,6 +107,8 @@ def _builtin_methods() -> dict[str, str]:
     return {
         "random": "tbps_models.random:RandomMethod",
         "oracle": "tbps_models.oracle:OracleMethod",
+        "nafs": "tbps_models.nafs.method:NafsMethod",
+        "nafs-tiny": "tbps_models.nafs.method:NafsTinyMethod",
     }
 
 

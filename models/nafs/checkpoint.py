@@ -26,7 +26,9 @@ def _read_official(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot read NAFS checkpoint {path} (truncated, corrupt or not a torch file): {first_line}")
+        raise BenchError(
+            f"cannot read NAFS checkpoint {path} (truncated, corrupt or not a torch file): {first_line}"
+        ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("network"), dict):
         raise BenchError(f"NAFS checkpoint {path} has no 'network' state dict; expected the release format")
     return payload
@@ -113,6 +115,8 @@ def load_own_checkpoint(folder: str | Path):
     network = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
     missing, unexpected = model.load_state_dict(network, strict=False)
     if missing or unexpected:
-        raise BenchError(f"checkpoint {folder} does not fit its own config: missing {missing[:2]}, unexpected {unexpected[:2]}")
+        raise BenchError(
+            f"checkpoint {folder} does not fit its own config: missing {missing[:2]}, unexpected {unexpected[:2]}"
+        )
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return model.eval(), meta, extra

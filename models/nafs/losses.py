@@ -51,7 +51,11 @@ class NafsLoss(nn.Module):
         self.lambda_softmax = lambda_softmax
 
     def forward(
-        self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor], lengths: torch.Tensor, labels: torch.Tensor
+        self,
+        images: dict[str, torch.Tensor],
+        texts: dict[str, torch.Tensor],
+        lengths: torch.Tensor,
+        labels: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         g_image, g_text = images["global_img_feat"], texts["global_text_feat"]
         terms = {

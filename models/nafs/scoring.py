@@ -54,6 +54,37 @@ def local_similarity_per_pair(
     return out
 
 
+def _text_group(keys: torch.Tensor, text_values: torch.Tensor, lengths: torch.Tensor, group: torch.Tensor):
+    """Unit keys, zero-padded values and value Gram matrices of a group of texts, cut to its longest."""
+    padded = int(lengths[group].max())
+    valid = torch.arange(padded, device=keys.device)[None, :] < lengths[group][:, None]
+    group_values = text_values[group, :padded] * valid[..., None]
+    return _l2norm(keys[group, :padded]), group_values, group_values @ group_values.transpose(1, 2)
+
+
+def _pooled_cosines(
+    weights: torch.Tensor, dots: torch.Tensor, gram: torch.Tensor, lambda_softmax: float, inplace: bool
+) -> torch.Tensor:
+    """From c (group x P x images x R) and v.u (same shape) to S_loc (group x images)."""
+    g, padded, images, regions = weights.shape
+    weights = F.leaky_relu_(weights, LEAKY_SLOPE) if inplace else F.leaky_relu(weights, LEAKY_SLOPE)
+    scale = lambda_softmax / (torch.linalg.vector_norm(weights, dim=-1, keepdim=True) + EPS)
+    weights = weights.mul_(scale).exp_() if inplace else (weights * scale).exp()
+    weights = weights.view(g, padded, images * regions)
+    numerator = (weights * dots.view(g, padded, images * regions)).sum(1)
+    squared_norm = (torch.bmm(gram, weights) * weights).sum(1)
+    cosines = numerator / squared_norm.clamp_min(0).sqrt().clamp_min(EPS)
+    return cosines.view(g, images, regions).mean(-1)
+
+
+def _prepare(queries, values, keys, text_values, lengths):
+    lengths = lengths.to(keys.device).clamp(min=1, max=keys.shape[1])
+    # in-place element-wise steps save memory traffic at evaluation; training needs the autograd graph
+    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (queries, values, keys, text_values)))
+    value_unit = values / values.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    return _l2norm(queries), value_unit, lengths, inplace, torch.argsort(lengths, stable=True)
+
+
 def local_similarity(
     queries: torch.Tensor,
     values: torch.Tensor,
@@ -68,43 +99,66 @@ def local_similarity(
 
     queries, values: images x R x d; keys, text_values: texts x L x d; lengths: valid rows per text
     (capped at L). Memory is bounded by one (group x length x tile x R) block."""
-    n_images, regions, _ = queries.shape
+    n_images, regions, dim = queries.shape
     n_texts = keys.shape[0]
     out = torch.empty(n_images, n_texts, dtype=torch.float32, device=queries.device)
     if n_images == 0 or n_texts == 0:
         return out
-    lengths = lengths.to(keys.device).clamp(min=1, max=keys.shape[1])
-    query_unit = _l2norm(queries)
-    value_unit = values / values.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    # in-place element-wise steps save memory traffic at evaluation; training needs the autograd graph
-    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (queries, values, keys, text_values)))
-    order = torch.argsort(lengths, stable=True)
+    query_unit, value_unit, lengths, inplace, order = _prepare(queries, values, keys, text_values, lengths)
     for start in range(0, n_texts, texts_per_group):
         group = order[start : start + texts_per_group]
-        padded = int(lengths[group].max())
-        valid = torch.arange(padded, device=keys.device)[None, :] < lengths[group][:, None]  # g x P
-        group_keys = _l2norm(keys[group, :padded])
-        group_values = text_values[group, :padded] * valid[..., None]
-        gram = group_values @ group_values.transpose(1, 2)  # g x P x P
-        g = len(group)
-        keys_flat = group_keys.reshape(g * padded, -1)
-        values_flat = group_values.reshape(g * padded, -1)
+        group_keys, group_values, gram = _text_group(keys, text_values, lengths, group)
+        g, padded = group_keys.shape[:2]
+        keys_flat, values_flat = group_keys.reshape(g * padded, dim), group_values.reshape(g * padded, dim)
         for first in range(0, n_images, images_per_tile):
-            q = query_unit[first : first + images_per_tile]
-            m = q.shape[0]
-            # g x P x (m R): queries x keys as one matrix product
-            weights = (keys_flat @ q.reshape(m * regions, -1).T).view(g, padded, m, regions)
-            weights = F.leaky_relu_(weights, LEAKY_SLOPE) if inplace else F.leaky_relu(weights, LEAKY_SLOPE)
-            scale = lambda_softmax / (torch.linalg.vector_norm(weights, dim=-1, keepdim=True) + EPS)
-            weights = weights.mul_(scale).exp_() if inplace else (weights * scale).exp()
-            weights = weights.view(g, padded, m * regions)
-            v = value_unit[first : first + images_per_tile].reshape(m * regions, -1)
-            dots = (values_flat @ v.T).view(g, padded, m * regions)  # values x text values
-            numerator = (weights * dots).sum(1)  # g x (m R)
-            squared_norm = (torch.bmm(gram, weights) * weights).sum(1)
-            cosines = numerator / squared_norm.clamp_min(0).sqrt().clamp_min(EPS)
-            out[first : first + m, group] = cosines.view(g, m, regions).mean(-1).T.to(out.dtype)
+            q = query_unit[first : first + images_per_tile].reshape(-1, dim)
+            v = value_unit[first : first + images_per_tile].reshape(-1, dim)
+            # the two contractions with d, each one matrix product over the whole block
+            weights = (keys_flat @ q.T).view(g, padded, -1, regions)
+            dots = (values_flat @ v.T).view(g, padded, -1, regions)
+            local = _pooled_cosines(weights, dots, gram, lambda_softmax, inplace)
+            out[first : first + weights.shape[2], group] = local.T.to(out.dtype)
     return out
+
+
+def local_similarity_candidates(
+    queries: torch.Tensor,
+    values: torch.Tensor,
+    keys: torch.Tensor,
+    text_values: torch.Tensor,
+    lengths: torch.Tensor,
+    candidates: torch.Tensor,
+    lambda_softmax: float = 20.0,
+    texts_per_group: int = 16,
+) -> torch.Tensor:
+    """S_loc of each text with its own candidate images only (texts x K, image indices) -> texts x K."""
+    n_texts, k = candidates.shape
+    regions, dim = queries.shape[1:]
+    out = torch.empty(n_texts, k, dtype=torch.float32, device=queries.device)
+    query_unit, value_unit, lengths, inplace, order = _prepare(queries, values, keys, text_values, lengths)
+    for start in range(0, n_texts, texts_per_group):
+        group = order[start : start + texts_per_group]
+        group_keys, group_values, gram = _text_group(keys, text_values, lengths, group)
+        g, padded = group_keys.shape[:2]
+        chosen = candidates[group].to(queries.device)
+        q = query_unit[chosen].reshape(g, k * regions, dim)
+        v = value_unit[chosen].reshape(g, k * regions, dim)
+        weights = torch.bmm(group_keys, q.transpose(1, 2)).view(g, padded, k, regions)
+        dots = torch.bmm(group_values, v.transpose(1, 2)).view(g, padded, k, regions)
+        out[group] = _pooled_cosines(weights, dots, gram, lambda_softmax, inplace).to(out.dtype)
+    return out
+
+
+def _attend(query: torch.Tensor, context: torch.Tensor, lambda_softmax: float) -> torch.Tensor:
+    """One attention direction in the released layout: query attends over context (batched)."""
+    weights = torch.bmm(context, _l2norm(query).transpose(1, 2))  # batch x context x query
+    weights = F.leaky_relu(weights, LEAKY_SLOPE)
+    weights = weights / (weights.norm(dim=2, keepdim=True) + EPS)
+    weights = weights.transpose(1, 2).contiguous()  # batch x query x context
+    batch, queries, contexts = weights.shape
+    weights = torch.softmax(weights.view(batch * queries, contexts) * lambda_softmax, dim=1).view(batch, queries, -1)
+    attended = torch.bmm(context.transpose(1, 2), weights.transpose(1, 2).contiguous())  # batch x d x query
+    return _l2norm(attended.transpose(1, 2))
 
 
 def local_similarity_official_loop(
@@ -116,22 +170,21 @@ def local_similarity_official_loop(
     lambda_softmax: float = 20.0,
 ) -> torch.Tensor:
     """The released evaluation's shape of computation, kept as the benchmark's baseline: a Python
-    loop over texts, each scored against all images at once in both attention directions (the
-    text-to-image one is computed and thrown away, as there)."""
+    loop over texts; each text is repeated for every image and attended in both directions, each
+    direction with its own products and layout copies (text-to-image is computed and discarded)."""
     n_images = queries.shape[0]
     out = torch.empty(n_images, keys.shape[0], dtype=queries.dtype)
-    query_unit = _l2norm(queries)
     for j, n in enumerate(lengths.clamp(max=keys.shape[1]).tolist()):
-        key = _l2norm(keys[j, :n]).expand(n_images, n, -1)
-        text_value = text_values[j, :n].expand(n_images, n, -1)
-        c = torch.bmm(query_unit, key.transpose(1, 2))  # images x R x n
-        s = F.leaky_relu(c, LEAKY_SLOPE)
-        # image-to-text: regions attend over words
-        s_i2t = s / (s.norm(dim=1, keepdim=True) + EPS)
-        attended = _l2norm(torch.bmm(torch.softmax(lambda_softmax * s_i2t, dim=2), text_value))
+        key = _l2norm(keys[j, :n]).repeat(n_images, 1, 1)
+        text_value = text_values[j, :n].repeat(n_images, 1, 1)
+        # image-to-text: each region attends over the words (the score)
+        weights = torch.bmm(key, _l2norm(queries).transpose(1, 2))  # images x words x regions
+        weights = F.leaky_relu(weights, LEAKY_SLOPE)
+        weights = weights / (weights.norm(dim=2, keepdim=True) + EPS)
+        weights = torch.softmax(weights.transpose(1, 2).contiguous() * lambda_softmax, dim=2)
+        attended = _l2norm(torch.bmm(text_value.transpose(1, 2), weights.transpose(1, 2).contiguous()).transpose(1, 2))
         out[:, j] = F.cosine_similarity(values, attended, dim=2, eps=EPS).mean(1)
-        # text-to-image: words attend over regions (discarded)
-        s_t2i = s / (s.norm(dim=2, keepdim=True) + EPS)
-        attended_image = _l2norm(torch.bmm(torch.softmax(lambda_softmax * s_t2i, dim=1).transpose(1, 2), values))
+        # text-to-image: each word attends over the regions (discarded)
+        attended_image = _attend(key, values, lambda_softmax)
         F.cosine_similarity(text_value, attended_image, dim=2, eps=EPS).mean(1)
     return out

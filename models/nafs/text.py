@@ -14,6 +14,9 @@ from tbps_bench.errors import BenchError
 def load_bert(folder: str | Path, pretrained: bool) -> nn.Module:
     """A ``transformers.BertModel`` from a local folder; never reaches the network."""
     from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     folder = Path(folder)
     config_file = folder / "config.json"

@@ -1,0 +1,242 @@
+"""NAFS as a tbps-bench method: a pairwise scorer with optional shortlist and re-ranking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tbps_bench.errors import BenchError
+from tbps_bench.methods import Features, Method
+from tbps_models.nafs.checkpoint import load_official_checkpoint, load_own_checkpoint, save_own_checkpoint
+from tbps_models.nafs.config import NafsConfig
+from tbps_models.nafs.losses import NafsLoss
+from tbps_models.nafs.model import Nafs
+from tbps_models.nafs.presets import preset, resolve_text_encoder
+from tbps_models.nafs.rerank import RERANK_CHOICES, rerank_rvn, rerank_rvn_official
+from tbps_models.nafs.scoring import local_similarity_candidates
+from tbps_models.nafs.tokenization import NafsTokenizer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: shortlisted pairs outrank every other pair: |S| <= 2 for scored pairs
+_UNSCORED_OFFSET = 10.0
+
+
+class NafsMethod(Method):
+    """Options (``--method-arg``): ``config`` (a preset name or a JSON file of NafsConfig fields),
+    ``text_encoder`` (BERT folder), ``trunk_weights`` (torchvision state dict), ``rerank``
+    (none | rvn | rvn-official), ``shortlist`` (K > 0: local term only for each text's top-K images by
+    the global score, and each image's top-K texts; 0 = exhaustive), ``rerank_k`` (5).
+    ``--checkpoint``: a tbps-bench checkpoint folder, or a file in the authors' release format."""
+
+    name = "nafs"
+    pairwise = True
+    trainable = True
+    default_preset = "nafs"
+
+    def __init__(
+        self,
+        config: str | None = None,
+        text_encoder: str | None = None,
+        trunk_weights: str | None = None,
+        rerank: str = "none",
+        shortlist: int = 0,
+        rerank_k: int = 5,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if rerank not in RERANK_CHOICES:
+            raise BenchError(f"NAFS rerank must be one of {', '.join(RERANK_CHOICES)}; got {rerank!r}")
+        self.rerank, self.shortlist, self.rerank_k = rerank, int(shortlist), int(rerank_k)
+        self.config_name = config or self.default_preset
+        self.extra_tensors: dict[str, torch.Tensor] = {}
+        self.loss: NafsLoss | None = None
+        model_config, self.schedule = self._model_settings(self.config_name)
+        overrides = {"text_encoder": text_encoder, "trunk_weights": trunk_weights}
+        model_config.update({k: v for k, v in overrides.items() if v is not None})
+        self.model = self._load(model_config)
+        self.tokenizer = NafsTokenizer(
+            self.model.config.text_encoder, self.model.config.max_length, self.model.config.sub_sentences
+        )
+
+    @staticmethod
+    def _model_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        path = Path(name)
+        if path.suffix == ".json":
+            values = NafsConfig.from_json(path).to_dict()
+            return values, preset("nafs")["train"]
+        chosen = preset(name)
+        return chosen["model"], chosen["train"]
+
+    def _load(self, model_config: dict[str, Any]) -> Nafs:
+        model_config["text_encoder"] = resolve_text_encoder(model_config.get("text_encoder"))
+        if self.checkpoint is None:
+            return Nafs(NafsConfig.from_dict(model_config))
+        path = Path(self.checkpoint)
+        if path.is_dir():
+            model, record, self.extra_tensors = load_own_checkpoint(path)
+            self.training_record = record or None
+            return model
+        if model_config.get("text_encoder") is None:
+            raise BenchError(
+                "an official NAFS checkpoint needs text_encoder=FOLDER (a BERT folder with config + vocab)"
+            )
+        model = Nafs(NafsConfig.from_dict({**model_config, "text_encoder_pretrained": False}))
+        load_official_checkpoint(model, path)
+        return model
+
+    # -- description
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "config": self.config_name,
+            "rerank": self.rerank,
+            "shortlist": self.shortlist,
+            "rerank_k": self.rerank_k,
+        }
+
+    def preprocessing(self) -> dict[str, Any]:
+        config = self.model.config
+        return {
+            "image_size": [config.image_height, config.image_width],
+            "resize": "bilinear, aspect not kept",
+            "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+            "tokenizer": "official NAFS scheme (full caption + sub-sentences)",
+            "vocab": Path(config.text_encoder).name + "/vocab.txt",
+            "max_length": config.max_length,
+        }
+
+    def protocol(self) -> dict[str, Any]:
+        return {"rerank": self.rerank, "shortlist_k": self.shortlist or None}
+
+    # -- preprocessing
+    def _transform(self, flip: bool):
+        from torchvision import transforms as T
+
+        config = self.model.config
+        steps = [T.Resize((config.image_height, config.image_width), interpolation=T.InterpolationMode.BILINEAR)]
+        if flip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def image_transform(self):
+        return self._transform(flip=False)
+
+    def train_image_transform(self):
+        return self._transform(flip=True)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(captions)
+
+    # -- encoders
+    def encode_images(self, batch) -> Features:
+        return self.model.encode_images(batch["pixels"])
+
+    def encode_texts(self, batch) -> Features:
+        tokens = batch["tokens"]
+        features = self.model.encode_texts(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        lengths = tokens["length"].clamp(max=self.model.config.text_elements)
+        keep = int(lengths.max())  # rows past the longest caption are never read
+        features["local_text_key"] = features["local_text_key"][:, :keep]
+        features["local_text_value"] = features["local_text_value"][:, :keep]
+        return {**features, "length": lengths}
+
+    # -- scoring
+    def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
+        scores, _, _ = self.model.score(image_features, text_features, text_features["length"])
+        return scores
+
+    def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
+        if self.shortlist > 0:
+            scores = self._shortlisted(image_features, text_features)
+        else:
+            scores = super().score_all(image_features, text_features, block)
+        if self.rerank == "rvn":
+            return rerank_rvn(scores, image_features["global_img_feat"], self.rerank_k)
+        if self.rerank == "rvn-official":
+            return rerank_rvn_official(scores, image_features["global_img_feat"], self.rerank_k)
+        return scores
+
+    @torch.inference_mode()
+    def _shortlisted(self, images: Features, texts: Features) -> torch.Tensor:
+        """Two stages: the global cosine for all pairs, the local term for the shortlisted ones."""
+        unit = torch.nn.functional.normalize
+        global_scores = unit(texts["global_text_feat"], dim=1) @ unit(images["global_img_feat"], dim=1).T
+        k_images = min(self.shortlist, global_scores.shape[1])
+        k_texts = min(self.shortlist, global_scores.shape[0])
+        chosen = torch.zeros_like(global_scores, dtype=torch.bool)
+        chosen.scatter_(1, global_scores.topk(k_images, dim=1).indices, True)
+        chosen.scatter_(0, global_scores.topk(k_texts, dim=0).indices, True)
+        per_text = int(chosen.sum(1).max())
+        # each text's chosen images first (topk of a 0/1 matrix), padded with unchosen ones
+        candidates = chosen.float().topk(per_text, dim=1).indices
+        local = local_similarity_candidates(
+            images["local_img_query"].to(self.device),
+            images["local_img_value"].to(self.device),
+            texts["local_text_key"].to(self.device),
+            texts["local_text_value"].to(self.device),
+            texts["length"].to(self.device),
+            candidates.to(self.device),
+            self.model.config.lambda_softmax,
+        ).cpu()
+        scores = global_scores - _UNSCORED_OFFSET
+        full = global_scores.gather(1, candidates) + local
+        keep = chosen.gather(1, candidates)
+        scores.scatter_(1, candidates, torch.where(keep, full, scores.gather(1, candidates)))
+        return scores
+
+    # -- training
+    def default_training_config(self) -> dict[str, Any]:
+        return dict(self.schedule)
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any]) -> None:
+        model_config = self.model.config
+        self.loss = NafsLoss(
+            self.model.feature_size, num_classes, model_config.loss_weights, model_config.lambda_softmax
+        ).to(self.device)
+
+    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.loss is not None, "prepare_training first"
+        image_backbone = list(self.model.image_model.parameters())
+        text_backbone = list(self.model.language_model.parameters())
+        backbone_ids = {id(p) for p in image_backbone + text_backbone}
+        heads = [p for p in self.model.parameters() if id(p) not in backbone_ids] + list(self.loss.parameters())
+        low = config["lr"] * config["backbone_lr_factor"]
+        return [
+            {
+                "params": [p for p in image_backbone if p.requires_grad],
+                "lr": low,
+                "weight_decay": config["backbone_weight_decay"],
+            },
+            {"params": [p for p in text_backbone if p.requires_grad], "lr": low, "weight_decay": 0.0},
+            {"params": [p for p in heads if p.requires_grad], "lr": config["lr"], "weight_decay": 0.0},
+        ]
+
+    def training_losses(self, batch) -> dict[str, torch.Tensor]:
+        assert self.loss is not None, "prepare_training first"
+        tokens = batch["tokens"]
+        images = self.model.encode_images(batch["pixels"])
+        texts = self.model.encode_texts(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        return self.loss(images, texts, tokens["length"], batch["labels"])
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        assert self.loss is not None, "prepare_training first"
+        state = {f"network.{k}": v for k, v in self.model.state_dict().items()}
+        return {**state, **{f"loss.{k}": v for k, v in self.loss.state_dict().items()}}
+
+    def load_training_state(self, state) -> None:
+        assert self.loss is not None, "prepare_training first"
+        self.model.load_state_dict({k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")})
+        self.loss.load_state_dict({k[len("loss.") :]: v for k, v in state.items() if k.startswith("loss.")})
+
+    def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
+        extra = {"W": self.loss.W} if self.loss is not None else {}
+        save_own_checkpoint(folder, self.model, self.model.config.to_dict(), extra, record)
+
+
+class NafsTinyMethod(NafsMethod):
+    """``nafs-tiny``: ResNet-18 at 96 x 48, MiniLM text encoder; trains on toy-pedes on a CPU."""
+
+    name = "nafs-tiny"
+    default_preset = "nafs-tiny"
