@@ -135,6 +135,17 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) ->
     return _concat(parts)
 
 
+def count_truncated(method: Method, captions: list[str], batch_size: int) -> int | None:
+    """How many captions the method's tokenizer cuts, when it reports that (a ``truncated`` flag)."""
+    total, reported = 0, False
+    for rows in _batches(len(captions), max(batch_size, 256)):
+        flags = method.tokenize(captions[rows]).get("truncated")
+        if flags is not None:
+            reported = True
+            total += int(flags.sum())
+    return total if reported else None
+
+
 def _to_cpu_float(features: Features) -> Features:
     def convert(t: torch.Tensor) -> torch.Tensor:
         return t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()

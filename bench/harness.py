@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any
 
 import torch
 
-from tbps_bench.encoding import FeatureCache, encode_images, encode_texts
+from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
-from tbps_bench.fileio import sha256_file
+from tbps_bench.fileio import sha256_path
 from tbps_bench.methods import Method
 from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
 from tbps_bench.provenance import provenance
@@ -64,9 +65,19 @@ def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
     return factory(root=data_root).eval_split(split)
 
 
-def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache):
-    """Encode (or reuse) features and compute both directions; returns metrics and timings."""
-    checkpoint_sha = sha256_file(options.checkpoint) if options.checkpoint else None
+@dataclass
+class SplitEvaluation:
+    retrieval: RetrievalResult
+    scoring: str  # "cosine" or "pairwise"
+    timings: dict[str, Any]
+    checkpoint_sha: str | None
+    #: captions the method's tokenizer had to cut (None: the tokenizer does not report it)
+    truncated_captions: int | None
+
+
+def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache) -> SplitEvaluation:
+    """Encode (or reuse) features and compute both directions."""
+    checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
     common = {
         "method": method.name,
         "arguments": method.arguments(),
@@ -115,7 +126,14 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
     timings["cache_hits"] = {"images": image_hit, "texts": text_hit}
-    return retrieval, scoring, timings, checkpoint_sha
+    truncated = count_truncated(method, split.captions, options.batch_size)
+    if truncated:
+        print(
+            f"note: {truncated} of {len(split.captions)} {split.dataset}/{split.split} captions are longer than "
+            f"what method '{method.name}' reads; counted in the result as protocol.truncated_captions",
+            file=sys.stderr,
+        )
+    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, truncated)
 
 
 def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: list[str] | None = None) -> list[Path]:
@@ -133,12 +151,8 @@ def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: li
     paths = []
     run_id = new_run_id()
     for part in subsets:
-        retrieval, scoring, timings, checkpoint_sha = evaluate_split(method, part, options, cache)
-        paths.append(
-            _write(
-                method, method_name, part, retrieval, scoring, timings, checkpoint_sha, options, device, run_id, argv
-            )
-        )
+        evaluation = evaluate_split(method, part, options, cache)
+        paths.append(_write(method, method_name, part, evaluation, options, device, run_id, argv))
     return paths
 
 
@@ -146,15 +160,13 @@ def _write(
     method: Method,
     method_name: str,
     split: EvalSplit,
-    retrieval: RetrievalResult,
-    scoring: str,
-    timings: dict[str, Any],
-    checkpoint_sha: str | None,
+    evaluation: SplitEvaluation,
     options: EvalOptions,
     device: torch.device,
     run_id: str,
     argv: list[str] | None,
 ) -> Path:
+    timings, checkpoint_sha = evaluation.timings, evaluation.checkpoint_sha
     encode_total = timings["encode_images_s"] + timings["encode_texts_s"]
     timings["throughput"] = {
         "images_per_s": len(split.image_paths) / max(timings["encode_images_s"], 1e-9),
@@ -168,7 +180,9 @@ def _write(
             "name": method_name,
             "origin": entry.origin,
             "arguments": method.arguments(),
-            "checkpoint": {"file": Path(options.checkpoint).name, "sha256": checkpoint_sha} if checkpoint_sha else None,
+            "checkpoint": {"file": _checkpoint_label(options.checkpoint), "sha256": checkpoint_sha}
+            if checkpoint_sha
+            else None,
             "preprocessing": method.preprocessing(),
             "trained_on": (method.training_record or {}).get("dataset"),
             "training": method.training_record,
@@ -180,11 +194,22 @@ def _write(
             "counts": split.counts(),
             "limit": split.limit,
         },
-        retrieval=retrieval,
-        scoring=scoring,
+        retrieval=evaluation.retrieval,
+        scoring=evaluation.scoring,
         timings=timings,
         provenance=provenance(device, options.seed, argv),
         partial=split.limit is not None,
-        protocol_extra={"amp": options.amp, "batch_size": options.batch_size, **method.protocol()},
+        protocol_extra={
+            "amp": options.amp,
+            "batch_size": options.batch_size,
+            "truncated_captions": evaluation.truncated_captions,
+            **method.protocol(),
+        },
     )
     return write_result(options.out_dir, result)
+
+
+def _checkpoint_label(path: str) -> str:
+    """The file name, or for a checkpoint folder its last parts (run folders end in best/last)."""
+    parts = Path(path).resolve().parts
+    return "/".join(parts[-3:]) if Path(path).is_dir() else parts[-1]

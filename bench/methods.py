@@ -57,6 +57,8 @@ class Method:
         return F.pil_to_tensor
 
     def tokenize(self, captions: list[str]) -> Mapping[str, torch.Tensor]:
+        """Token tensors for a batch; a boolean ``truncated`` entry (per caption) is counted into
+        the result, so that no caption is cut silently."""
         return {}
 
     # -- encoders: batches are dicts with "pixels" / "tokens", "pid" and "index" (dataset order)
@@ -114,7 +116,7 @@ class Method:
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
     def training_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (``pixels``, ``tokens``, ``labels``); ``total`` is minimised."""
+        """Loss terms of one batch (``pixels``, ``tokens``, ``captions``, ``labels``); ``total`` is minimised."""
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
     def training_state(self) -> dict[str, torch.Tensor]:

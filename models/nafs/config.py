@@ -26,6 +26,9 @@ class NafsConfig:
     text_encoder: str | None = None
     #: load the text encoder's own weights from its folder (False when a checkpoint supplies them)
     text_encoder_pretrained: bool = True
+    #: fine-tune the text encoder (the release does, at lr/10); False freezes it, and training then
+    #: computes its outputs once per caption
+    train_text_encoder: bool = True
     max_length: int = 100
     #: sub-sentences kept per caption (the released code keeps 2)
     sub_sentences: int = 2

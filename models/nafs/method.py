@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class NafsMethod(Method):
         self.config_name = config or self.default_preset
         self.extra_tensors: dict[str, torch.Tensor] = {}
         self.loss: NafsLoss | None = None
+        #: caption -> frozen text encoder outputs, filled during training when the encoder is frozen
+        self._frozen_text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         model_config, self.schedule = self._model_settings(self.config_name)
         overrides = {"text_encoder": text_encoder, "trunk_weights": trunk_weights}
         model_config.update({k: v for k, v in overrides.items() if v is not None})
@@ -63,12 +66,20 @@ class NafsMethod(Method):
 
     @staticmethod
     def _model_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        path = Path(name)
-        if path.suffix == ".json":
-            values = NafsConfig.from_json(path).to_dict()
-            return values, preset("nafs")["train"]
-        chosen = preset(name)
-        return chosen["model"], chosen["train"]
+        """A preset name, or a JSON file ``{"base": preset, "model": {...}, "train": {...}}``."""
+        if not name.endswith(".json"):
+            chosen = preset(name)
+            return chosen["model"], chosen["train"]
+        try:
+            values = json.loads(Path(name).read_text())
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"cannot read NAFS config {name}: {exc}") from exc
+        unknown = sorted(set(values) - {"base", "model", "train"}) if isinstance(values, dict) else ["<not an object>"]
+        if unknown:
+            raise BenchError(f"NAFS config {name}: unexpected top-level keys {unknown}; expected base, model, train")
+        chosen = preset(values.get("base", "nafs"))
+        model = {**chosen["model"], **values.get("model", {})}
+        return model, {**chosen["train"], **values.get("train", {})}
 
     def _load(self, model_config: dict[str, Any]) -> Nafs:
         model_config["text_encoder"] = resolve_text_encoder(model_config.get("text_encoder"))
@@ -200,6 +211,9 @@ class NafsMethod(Method):
         assert self.loss is not None, "prepare_training first"
         image_backbone = list(self.model.image_model.parameters())
         text_backbone = list(self.model.language_model.parameters())
+        if not self.model.config.train_text_encoder:
+            for parameter in text_backbone:
+                parameter.requires_grad_(False)
         backbone_ids = {id(p) for p in image_backbone + text_backbone}
         heads = [p for p in self.model.parameters() if id(p) not in backbone_ids] + list(self.loss.parameters())
         low = config["lr"] * config["backbone_lr_factor"]
@@ -213,11 +227,40 @@ class NafsMethod(Method):
             {"params": [p for p in heads if p.requires_grad], "lr": config["lr"], "weight_decay": 0.0},
         ]
 
+    def train(self, mode: bool = True) -> NafsMethod:
+        super().train(mode)
+        if not self.model.config.train_text_encoder:
+            self.model.language_model.eval()  # frozen: no dropout, so its outputs can be reused
+        return self
+
+    def _encoder_outputs(self, tokens, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Frozen text encoder: each caption's outputs are computed once and reused every epoch."""
+        if self.model.config.train_text_encoder:
+            return None
+        missing = sorted({c for c in captions if c not in self._frozen_text})
+        if missing:
+            fresh = self.tokenize(missing)
+            fresh = {k: v.to(self.device) for k, v in fresh.items()}
+            with torch.no_grad():
+                hidden, sub_cls = self.model.language_model(
+                    fresh["tokens"], fresh["mask"], fresh["sub_tokens"], fresh["sub_mask"]
+                )
+            for row, caption in enumerate(missing):
+                self._frozen_text[caption] = (hidden[row].float(), sub_cls[row].float())
+        pairs = [self._frozen_text[c] for c in captions]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         assert self.loss is not None, "prepare_training first"
         tokens = batch["tokens"]
         images = self.model.encode_images(batch["pixels"])
-        texts = self.model.encode_texts(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        texts = self.model.encode_texts(
+            tokens["tokens"],
+            tokens["mask"],
+            tokens["sub_tokens"],
+            tokens["sub_mask"],
+            self._encoder_outputs(tokens, batch["captions"]),
+        )
         return self.loss(images, texts, tokens["length"], batch["labels"])
 
     def training_state(self) -> dict[str, torch.Tensor]:

@@ -52,6 +52,9 @@ class Nafs(nn.Module):
         self.fc_p2_list_value = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part2))
         self.fc_p3_list_query = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part3))
         self.fc_p3_list_value = nn.ModuleList(nn.Linear(d, d) for _ in range(config.part3))
+        #: the CMPC matrix of a loaded release checkpoint (not part of the network's state dict)
+        self.loss_weight_matrix: torch.Tensor | None = None
+        self._tokenizer = None
 
     def encode_images(
         self, images: torch.Tensor, perm2: list[int] | None = None, perm3: list[int] | None = None
@@ -83,15 +86,21 @@ class Nafs(nn.Module):
         }
 
     def encode_texts(
-        self, tokens: torch.Tensor, mask: torch.Tensor, sub_tokens: torch.Tensor, sub_mask: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        sub_tokens: torch.Tensor,
+        sub_mask: torch.Tensor,
+        encoder_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``encoder_outputs``: the text encoder's (hidden states, sub-sentence [CLS]) when already known."""
         length = self.config.max_length
         if tokens.shape[1] != length or sub_tokens.shape[1:] != (self.config.sub_sentences, length):
             raise BenchError(
                 f"NAFS expects token ids of length {length} and {self.config.sub_sentences} sub-sentences; got "
                 f"{tuple(tokens.shape)} and {tuple(sub_tokens.shape)}"
             )
-        hidden, sub_cls = self.language_model(tokens, mask, sub_tokens, sub_mask)
+        hidden, sub_cls = encoder_outputs or self.language_model(tokens, mask, sub_tokens, sub_mask)
         global_feat = self.bottleneck_text(self.conv_text(hidden[:, 0, :, None, None]).flatten(1))
         elements = torch.cat([global_feat[:, None], sub_cls, hidden[:, 1 : length - 1]], dim=1)
         return {
@@ -114,6 +123,45 @@ class Nafs(nn.Module):
             self.config.lambda_softmax,
         )
         return sim_global + sim_local, sim_global, sim_local
+
+    def tokenizer(self):
+        from tbps_models.nafs.tokenization import NafsTokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = NafsTokenizer(self.config.text_encoder, self.config.max_length, self.config.sub_sentences)
+        return self._tokenizer
+
+    @torch.no_grad()
+    def run(
+        self,
+        images: torch.Tensor,
+        captions: list[str],
+        labels: torch.Tensor | None = None,
+        perm2: list[int] | None = None,
+        perm3: list[int] | None = None,
+    ) -> dict:
+        """Preprocessed images (B x 3 x H x W) and caption strings in; every output out.
+
+        Returns the six features, ``S`` (images x texts) with ``sim_global`` and ``sim_local``, the
+        ``tokens``, and with ``labels`` the ``losses`` (needs the checkpoint's ``W``)."""
+        device = next(self.parameters()).device
+        tokens = self.tokenizer()(captions)
+        images_out = self.encode_images(images.to(device), perm2, perm3)
+        texts_out = self.encode_texts(*(tokens[k].to(device) for k in ("tokens", "mask", "sub_tokens", "sub_mask")))
+        lengths = tokens["length"].clamp(max=self.config.text_elements).to(device)
+        scores, sim_global, sim_local = self.score(images_out, texts_out, lengths)
+        out = {**images_out, **texts_out, "S": scores, "sim_global": sim_global, "sim_local": sim_local}
+        out["tokens"] = tokens
+        if labels is not None:
+            from tbps_models.nafs.losses import NafsLoss
+
+            if self.loss_weight_matrix is None:
+                raise BenchError("losses need the CMPC matrix W; this model was loaded without one")
+            weight = self.loss_weight_matrix
+            loss = NafsLoss(self.feature_size, weight.shape[1], self.config.loss_weights, self.config.lambda_softmax)
+            loss.W.data = weight.to(device)
+            out["losses"] = {k: v.detach() for k, v in loss(images_out, texts_out, lengths, labels.to(device)).items()}
+        return out
 
 
 def build_from_official(

@@ -44,19 +44,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nafs-tiny": {
         "model": {
             "trunk": "resnet18",
-            "image_height": 96,
-            "image_width": 48,
-            "max_length": 40,
+            "image_height": 64,
+            "image_width": 32,
+            "max_length": 32,
+            "train_text_encoder": False,
             "text_encoder": OFFLINE_TEXT_ENCODER,
         },
         "train": {
             **RELEASED_SCHEDULE,
-            "epochs": 8,
+            "epochs": 3,
             "batch_size": 32,
             "lr": 1e-3,
-            "warmup_epochs": 1,
-            "warmup_factor": 0.1,
-            "milestones": [6],
+            "warmup_epochs": 0,
+            "milestones": [],
         },
     },
 }

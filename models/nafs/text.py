@@ -55,8 +55,11 @@ class TextExtractor(nn.Module):
             input_ids=tokens, attention_mask=mask, token_type_ids=torch.zeros_like(tokens)
         ).last_hidden_state
         batch, subs, length = sub_tokens.shape
-        flat = sub_tokens.reshape(batch * subs, length)
+        # only [CLS] is read from a sub-sentence, and masked padding cannot reach it: cut the padding
+        used = max(int(sub_mask.sum(-1).max()), 1) if sub_mask.numel() else length
+        flat = sub_tokens.reshape(batch * subs, length)[:, :used]
+        flat_mask = sub_mask.reshape(batch * subs, length)[:, :used]
         sub_cls = self.textExtractor(
-            input_ids=flat, attention_mask=sub_mask.reshape(batch * subs, length), token_type_ids=torch.zeros_like(flat)
+            input_ids=flat, attention_mask=flat_mask, token_type_ids=torch.zeros_like(flat)
         ).last_hidden_state[:, 0]
         return hidden, sub_cls.reshape(batch, subs, -1)

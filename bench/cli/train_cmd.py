@@ -1,0 +1,60 @@
+"""``tbps-bench train -m METHOD -d DATASET``: the shared training loop, from the command line."""
+
+from __future__ import annotations
+
+import sys
+
+from tbps_bench.errors import BenchError
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train a method on a dataset's train split")
+    parser.add_argument("-m", "--method", required=True)
+    parser.add_argument("-d", "--dataset", required=True)
+    parser.add_argument("--data-root", help="dataset folder (or its parent); toy-pedes needs none")
+    parser.add_argument("--config", help="the method's config: a preset name (e.g. nafs-tiny) or a JSON file")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--amp", default="none", choices=["bf16", "fp16", "none"])
+    parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+    parser.add_argument(
+        "--select-on",
+        default="val",
+        choices=["val", "test", "last"],
+        help="split that picks the best epoch (test is recorded in every result computed from it)",
+    )
+    parser.add_argument("--epochs", type=int, help="override the schedule's number of epochs")
+    parser.add_argument("--max-steps", type=int, help="batches per epoch at most (a quick smoke run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs", help="folder for checkpoints and logs")
+    parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
+    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.set_defaults(run=run)
+
+
+def run(args, argv) -> int:
+    from tbps_bench.cli.eval_cmd import parse_method_args
+    from tbps_bench.training import TrainOptions, train
+
+    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps)):
+        if value is not None and value < 1:
+            raise BenchError(f"{flag} must be >= 1, got {value}")
+    method_args = parse_method_args(args.method_arg)
+    if args.config:
+        method_args["config"] = args.config
+    options = TrainOptions(
+        data_root=args.data_root,
+        out_dir=args.out,
+        device=args.device,
+        amp=args.amp,
+        resume=args.resume,
+        select_on=args.select_on,
+        seed=args.seed,
+        workers=args.workers,
+        epochs=args.epochs,
+        max_steps_per_epoch=args.max_steps,
+        method_args=method_args,
+    )
+    best = train(args.method, args.dataset, options, argv)
+    print(f"selected checkpoint: {best}", file=sys.stderr)
+    print(f"evaluate it with: tbps-bench eval -m {args.method} -d {args.dataset} --checkpoint {best}", file=sys.stderr)
+    return 0

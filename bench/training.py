@@ -1,0 +1,235 @@
+"""The one training loop: every trainable method plugs in through the ``Method`` training hooks.
+
+It owns data order, optimisation, the learning-rate schedule, mixed precision, per-epoch
+checkpoints with exact resume, and checkpoint selection on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tbps_bench.encoding import FeatureCache, autocast, progress
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import atomic_path, write_json_atomic
+from tbps_bench.harness import EvalOptions, build_method, evaluate_split, load_eval_split, resolve_device
+from tbps_bench.methods import Method
+from tbps_bench.splits import EvalSplit
+
+SCHEDULE_KEYS = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "backbone_lr_factor",
+    "backbone_weight_decay",
+    "warmup_epochs",
+    "warmup_factor",
+    "milestones",
+    "gamma",
+}
+SELECT_CHOICES = ("val", "test", "last")
+
+
+@dataclass
+class TrainOptions:
+    data_root: str | None = None
+    out_dir: str = "runs"
+    device: str = "auto"
+    amp: str = "none"
+    resume: bool = False
+    select_on: str = "val"
+    seed: int = 0
+    workers: int = 0
+    epochs: int | None = None
+    #: stop each epoch after this many batches (smoke runs); recorded in the checkpoint
+    max_steps_per_epoch: int | None = None
+    method_args: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+def learning_rate_factor(epoch: int, schedule: dict[str, Any]) -> float:
+    """Linear warm-up from ``warmup_factor``, then x``gamma`` at each milestone (epochs from 0)."""
+    if epoch < schedule["warmup_epochs"]:
+        fraction = epoch / schedule["warmup_epochs"]
+        return schedule["warmup_factor"] + (1.0 - schedule["warmup_factor"]) * fraction
+    return schedule["gamma"] ** sum(epoch >= m for m in schedule["milestones"])
+
+
+class _CaptionPairs(torch.utils.data.Dataset):
+    """One training item per caption: its image, the caption and the contiguous identity label."""
+
+    def __init__(self, split: EvalSplit, transform, labels: torch.Tensor):
+        self.split, self.transform, self.labels = split, transform, labels
+
+    def __len__(self) -> int:
+        return len(self.split.captions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        image_index = int(self.split.caption_image[index])
+        path = self.split.image_root / self.split.image_paths[image_index]
+        try:
+            with Image.open(path) as image:
+                pixels = self.transform(image.convert("RGB"))
+        except OSError as exc:
+            raise BenchError(f"cannot read training image {self.split.image_paths[image_index]}: {exc}") from exc
+        return {"pixels": pixels, "caption": self.split.captions[index], "label": int(self.labels[index])}
+
+
+def _merge_schedule(method: Method, options: TrainOptions) -> dict[str, Any]:
+    schedule = {**method.default_training_config(), **options.schedule}
+    if options.epochs is not None:
+        schedule["epochs"] = options.epochs
+    unknown = sorted(set(schedule) - SCHEDULE_KEYS)
+    if unknown:
+        raise BenchError(f"unknown training settings {unknown}; known: {sorted(SCHEDULE_KEYS)}")
+    if schedule["epochs"] < 1 or schedule["batch_size"] < 2:
+        raise BenchError(f"training needs epochs >= 1 and batch_size >= 2; got {schedule}")
+    return schedule
+
+
+def run_folder(options: TrainOptions, method_name: str, dataset: str) -> Path:
+    return Path(options.out_dir) / method_name / dataset / f"seed{options.seed}"
+
+
+def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list[str] | None = None) -> Path:
+    """Train ``method_name`` on the train split of ``dataset_name``; returns the selected checkpoint."""
+    if options.select_on not in SELECT_CHOICES:
+        raise BenchError(f"--select-on must be one of {', '.join(SELECT_CHOICES)}; got {options.select_on!r}")
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    method = build_method(method_name, device, None, options.method_args)
+    if not method.trainable:
+        raise BenchError(f"method '{method_name}' cannot be trained (it has no training hooks)")
+    schedule = _merge_schedule(method, options)
+    train_split = load_eval_split(dataset_name, options.data_root, "train")
+    select_split = None
+    if options.select_on != "last":
+        select_split = load_eval_split(dataset_name, options.data_root, options.select_on)
+    pids = sorted(set(train_split.caption_pids.tolist()))
+    label_of = {pid: label for label, pid in enumerate(pids)}
+    labels = torch.tensor([label_of[p] for p in train_split.caption_pids.tolist()])
+    method.prepare_training(len(pids), schedule)
+    optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
+    folder = run_folder(options, method_name, dataset_name)
+    resume_file = folder / "resume.pt"
+    start_epoch, best = 0, {"epoch": None, "R1": -1.0}
+    if options.resume:
+        if not resume_file.is_file():
+            raise BenchError(f"--resume: no {resume_file} to resume from; start without --resume")
+        state = torch.load(resume_file, map_location="cpu", weights_only=True)
+        method.load_training_state(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best = int(state["epoch"]), state["best"]
+        print(f"resumed {folder} at epoch {start_epoch}", file=sys.stderr)
+    elif resume_file.exists():
+        raise BenchError(f"{folder} already holds a training run; pass --resume to continue it or use another --out")
+    record_base = {
+        "dataset": dataset_name,
+        "annotation_sha256": train_split.annotation_sha256,
+        "selected_on": options.select_on,
+        "selection_metric": "t2i R1" if options.select_on != "last" else None,
+        "schedule": schedule,
+        "seed": options.seed,
+        "max_steps_per_epoch": options.max_steps_per_epoch,
+        "method_arguments": method.arguments(),
+    }
+    pairs = _CaptionPairs(train_split, method.train_image_transform(), labels)
+    log_file = folder / "log.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, schedule["epochs"]):
+        started = time.perf_counter()
+        factor = learning_rate_factor(epoch, schedule)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
+        order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            pairs,
+            batch_size=schedule["batch_size"],
+            shuffle=True,
+            generator=order,
+            drop_last=len(pairs) > schedule["batch_size"],
+            num_workers=options.workers,
+        )
+        method.train()
+        totals: dict[str, float] = {}
+        steps = 0
+        bar = progress(loader, len(loader), f"epoch {epoch + 1}/{schedule['epochs']}")
+        for batch in bar:
+            if options.max_steps_per_epoch is not None and steps >= options.max_steps_per_epoch:
+                break
+            tokens = {k: v.to(device) for k, v in method.tokenize(batch["caption"]).items()}
+            inputs = {
+                "pixels": batch["pixels"].to(device),
+                "tokens": tokens,
+                "captions": batch["caption"],
+                "labels": batch["label"].to(device),
+            }
+            with autocast(device, options.amp):
+                losses = method.training_losses(inputs)
+            total = losses["total"]
+            if not torch.isfinite(total):
+                raise BenchError(f"training diverged at epoch {epoch + 1}, step {steps + 1}: loss {float(total)}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            steps += 1
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+        method.eval()
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr_factor": factor,
+            "losses": {k: v / max(steps, 1) for k, v in totals.items()},
+        }
+        if select_split is not None:
+            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), FeatureCache(enabled=False))
+            entry[options.select_on] = evaluation.retrieval.summary()
+            score = entry[options.select_on]["t2i"]["R1"]
+        else:
+            score = float(epoch)
+        entry["seconds"] = time.perf_counter() - started
+        record = {**record_base, "epoch": epoch + 1, "epochs": schedule["epochs"]}
+        method.save_checkpoint(folder / "last", record)
+        if score > best["R1"]:
+            best = {"epoch": epoch + 1, "R1": score}
+            method.save_checkpoint(folder / "best", record)
+        _save_resume(resume_file, method, optimizer, epoch + 1, best)
+        with open(log_file, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry, allow_nan=False) + "\n")
+        _report(entry, options.select_on, best, schedule["epochs"])
+    summary = {"method": method_name, "dataset": dataset_name, "best": best, "folder": str(folder), "argv": argv}
+    write_json_atomic(folder / "train.json", summary)
+    return folder / "best"
+
+
+def _save_resume(path: Path, method: Method, optimizer, epoch: int, best: dict[str, Any]) -> None:
+    state = {
+        "epoch": epoch,
+        "best": best,
+        "method": method.training_state(),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _report(entry: dict[str, Any], select_on: str, best: dict[str, Any], epochs: int) -> None:
+    loss = entry["losses"].get("total", math.nan)
+    line = f"epoch {entry['epoch']}/{epochs}  loss {loss:.3f}"
+    if select_on in entry:
+        line += f"  {select_on} t2i R@1 {entry[select_on]['t2i']['R1']:.2f} (best {best['R1']:.2f} @ {best['epoch']})"
+    print(f"{line}  {entry['seconds']:.0f} s", file=sys.stderr)

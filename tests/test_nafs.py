@@ -1,0 +1,255 @@
+"""NAFS at tiny size: scorer exactness, shortlist, re-ranking, checkpoints and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tbps_bench.errors import BenchError
+from tbps_models.nafs import Nafs, NafsConfig, build_from_official, load_official_checkpoint
+from tbps_models.nafs.rerank import rerank_rvn, rerank_rvn_official
+from tbps_models.nafs.scoring import (
+    local_similarity,
+    local_similarity_candidates,
+    local_similarity_official_loop,
+    local_similarity_per_pair,
+)
+from tbps_models.nafs.tokenization import NafsTokenizer, split_sub_sentences
+
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, offline_vocab):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    (folder / "config.json").write_text(json.dumps(TINY_BERT))
+    (folder / "vocab.txt").write_bytes(offline_vocab.read_bytes())
+    return folder
+
+
+def tiny_config(folder, **changes) -> NafsConfig:
+    values = {
+        "trunk": "resnet18",
+        "image_height": 64,
+        "image_width": 32,
+        "max_length": 24,
+        "text_encoder": str(folder),
+        "text_encoder_pretrained": False,
+        "num_classes": 7,
+    }
+    return NafsConfig(**{**values, **changes})
+
+
+def random_problem(n_images=13, n_texts=17, regions=6, length=30, dim=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(n, r, dim, generator=generator) for n, r in [(n_images, regions)] * 2]
+    tensors += [torch.randn(n_texts, length, dim, generator=generator) for _ in range(2)]
+    lengths = torch.randint(3, length + 1, (n_texts,), generator=generator)
+    return (*tensors, lengths)
+
+
+def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ----------------------------------------------------------------------------- scorer
+
+
+@pytest.mark.parametrize(("group", "tile"), [(64, 200), (5, 4), (1, 1)])
+def test_batched_local_similarity_equals_per_pair(group, tile):
+    problem = random_problem()
+    expected = local_similarity_per_pair(*problem)
+    assert rel_max(local_similarity(*problem, texts_per_group=group, images_per_tile=tile), expected) <= 1e-5
+
+
+def test_official_loop_baseline_computes_the_same_scores():
+    problem = random_problem(seed=1)
+    assert rel_max(local_similarity_official_loop(*problem), local_similarity_per_pair(*problem)) <= 1e-5
+
+
+def test_candidate_scoring_equals_the_dense_block():
+    problem = random_problem(seed=2)
+    candidates = torch.stack([torch.randperm(13, generator=torch.Generator().manual_seed(i))[:4] for i in range(17)])
+    dense = local_similarity(*problem).T  # texts x images
+    got = local_similarity_candidates(*problem, candidates=candidates, texts_per_group=3)
+    assert rel_max(got, dense.gather(1, candidates)) <= 1e-5
+
+
+def test_bf16_scores_stay_close():
+    problem = random_problem(seed=3)
+    expected = local_similarity(*problem)
+    low = local_similarity(*[t.bfloat16() if t.is_floating_point() else t for t in problem])
+    assert rel_max(low, expected) <= 5e-2  # bf16 keeps 8 bits of mantissa
+
+
+def test_scorer_is_differentiable_for_training():
+    q, v, k, u, lengths = random_problem(n_images=4, n_texts=4)
+    q.requires_grad_(True)
+    local_similarity(q, v, k, u, lengths).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+# ----------------------------------------------------------------------------- re-ranking
+
+
+def _brute_rvn(scores, image_global, k):
+    unit = torch.nn.functional.normalize(image_global, dim=1)
+    visual = unit @ unit.T
+    out = scores.clone()
+    for t in range(scores.shape[0]):
+        chosen = set(scores[t].topk(k).indices.tolist())
+        for g in range(scores.shape[1]):
+            neighbours = set(visual[g].topk(k).indices.tolist())
+            out[t, g] += len(chosen & neighbours) / len(chosen | neighbours)
+    return out
+
+
+def _brute_rvn_official(scores, image_global, k):
+    image_major = scores.T.clone()
+    unit = torch.nn.functional.normalize(image_global, dim=1)
+    visual = unit @ unit.T
+    n_images, n_texts = image_major.shape
+    for i in range(n_images):
+        texts = set(image_major[i].topk(k).indices.tolist())
+        for j in range(min(n_images, n_texts)):
+            images = set(visual[j].topk(k).indices.tolist())
+            image_major[i, j] += len(texts & images) / len(texts | images)
+    return image_major.T
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (5, 8)])
+def test_rerankers_match_brute_force(shape):
+    generator = torch.Generator().manual_seed(4)
+    scores, image_global = torch.randn(*shape, generator=generator), torch.randn(shape[1], 5, generator=generator)
+    assert torch.allclose(rerank_rvn(scores, image_global, 3), _brute_rvn(scores, image_global, 3))
+    assert torch.allclose(rerank_rvn_official(scores, image_global, 3), _brute_rvn_official(scores, image_global, 3))
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+def test_sub_sentences_follow_the_release():
+    assert split_sub_sentences("a man. red coat, black bag", 2) == ["a man", " red coat"]
+    assert split_sub_sentences("a man in red", 2) == ["a man in red", "[PAD]"]
+    assert split_sub_sentences("a man.", 2) == ["a man", ""]
+
+
+def test_long_captions_are_truncated_and_flagged(offline_vocab):
+    tokenizer = NafsTokenizer(offline_vocab.parent, max_length=8)
+    tokens = tokenizer(["a man in a red coat with a black bag and white shoes", "a man"])
+    assert tokens["truncated"].tolist() == [True, False]
+    assert tokens["tokens"][0, -1] != 102  # the cut caption lost its [SEP], as released
+    assert tokens["length"].tolist() == [11, 7]  # kept ids + 3
+
+
+def test_empty_caption_is_a_clear_error(offline_vocab):
+    with pytest.raises(BenchError, match="caption 1 of the batch is empty"):
+        NafsTokenizer(offline_vocab.parent)(["a man", "   "])
+
+
+# ----------------------------------------------------------------------------- model and checkpoints
+
+
+def test_batch_of_one_and_the_parts_of_the_score(tiny_bert):
+    model = Nafs(tiny_config(tiny_bert)).eval()
+    out = model.run(torch.randn(1, 3, 64, 32), ["a woman in a red coat. she carries a bag"])
+    assert out["S"].shape == (1, 1)
+    assert out["local_img_query"].shape == (1, 6, 32)
+    assert out["local_text_key"].shape == (1, 1 + 2 + 22, 32)
+    assert torch.allclose(out["S"], out["sim_global"] + out["sim_local"])
+
+
+def test_wrong_image_size_is_a_clear_error(tiny_bert):
+    model = Nafs(tiny_config(tiny_bert)).eval()
+    with pytest.raises(BenchError, match=r"expects images of shape \(batch, 3, 64, 32\)"):
+        model.encode_images(torch.randn(2, 1, 64, 32))
+
+
+def _release_file(model: Nafs, path, with_w=True):
+    payload = {"network": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    if with_w:
+        payload["W"] = torch.randn(model.feature_size, 7)
+    torch.save(payload, path)
+    return path
+
+
+def test_release_checkpoint_round_trip(tiny_bert, tmp_path):
+    source = Nafs(tiny_config(tiny_bert)).eval()
+    path = _release_file(source, tmp_path / "release.pth")
+    loaded = build_from_official(path, tiny_bert, tiny_config(tiny_bert))
+    images, captions = torch.randn(3, 3, 64, 32), ["a man in black", "red coat, white shoes", "a girl. long hair"]
+    assert torch.equal(source.run(images, captions)["S"], loaded.run(images, captions)["S"])
+    assert loaded.loss_weight_matrix.shape == (32, 7)
+    without_w = build_from_official(
+        _release_file(source, tmp_path / "no_w.pth", False), tiny_bert, tiny_config(tiny_bert)
+    )
+    assert without_w.loss_weight_matrix is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trunk": "resnet34"}, "missing keys"),
+        ({"part2": 2}, "unexpected keys"),
+        ({"max_length": 30}, "shape mismatch"),
+    ],
+)
+def test_checkpoint_of_another_architecture(tiny_bert, tmp_path, changes, message):
+    path = _release_file(Nafs(tiny_config(tiny_bert)), tmp_path / "release.pth")
+    with pytest.raises(BenchError, match=message):
+        load_official_checkpoint(Nafs(tiny_config(tiny_bert, **changes)), path)
+
+
+def test_trunk_of_another_width_is_a_shape_mismatch(tiny_bert, tmp_path):
+    path = _release_file(Nafs(tiny_config(tiny_bert)), tmp_path / "release.pth")
+    with pytest.raises(BenchError, match="another architecture.*shape mismatch"):
+        load_official_checkpoint(Nafs(tiny_config(tiny_bert, trunk="resnet50")), path)
+
+
+def test_truncated_and_foreign_checkpoints(tiny_bert, tmp_path):
+    model = Nafs(tiny_config(tiny_bert))
+    path = _release_file(model, tmp_path / "release.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(BenchError, match="truncated, corrupt or not a torch file"):
+        load_official_checkpoint(model, truncated)
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(BenchError, match="has no 'network' state dict"):
+        load_official_checkpoint(model, other)
+    with pytest.raises(BenchError, match="does not exist"):
+        load_official_checkpoint(model, tmp_path / "absent.pth")
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tiny_bert, tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"network": {}, "args": argparse_namespace()}, path)
+    with pytest.raises(BenchError, match="truncated, corrupt or not a torch file"):
+        load_official_checkpoint(Nafs(tiny_config(tiny_bert)), path)
+
+
+def argparse_namespace():
+    import argparse
+
+    return argparse.Namespace(lr=0.1)
+
+
+def test_text_encoder_folder_without_vocab_or_config(tiny_bert, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY_BERT))
+    with pytest.raises(BenchError, match="has no vocab.txt"):
+        NafsTokenizer(tmp_path)
+    with pytest.raises(BenchError, match="has no config.json"):
+        Nafs(tiny_config(tiny_bert, text_encoder=str(tmp_path / "missing")))
+    with pytest.raises(BenchError, match="no model.safetensors"):
+        Nafs(tiny_config(tiny_bert, text_encoder_pretrained=True))
