@@ -80,7 +80,7 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
     checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
     common = {
         "method": method.name,
-        "arguments": method.arguments(),
+        "arguments": method.encoder_arguments(),
         "checkpoint_sha256": checkpoint_sha,
         "annotation_sha256": split.annotation_sha256,
         "dataset": split.dataset,

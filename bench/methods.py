@@ -46,6 +46,11 @@ class Method:
     def arguments(self) -> dict[str, Any]:
         return dict(self.options)
 
+    def encoder_arguments(self) -> dict[str, Any]:
+        """The arguments that change encoded features (the feature cache key); scoring-only
+        options such as re-ranking stay out, so changing them reuses cached features."""
+        return self.arguments()
+
     def preprocessing(self) -> dict[str, Any]:
         """Everything about preprocessing that changes numbers (size, normalisation, tokenizer)."""
         return {}

@@ -253,3 +253,53 @@ def test_text_encoder_folder_without_vocab_or_config(tiny_bert, tmp_path):
         Nafs(tiny_config(tiny_bert, text_encoder=str(tmp_path / "missing")))
     with pytest.raises(BenchError, match="no model.safetensors"):
         Nafs(tiny_config(tiny_bert, text_encoder_pretrained=True))
+
+
+# ----------------------------------------------------------------------------- through the harness
+
+
+def _eval(tmp_path, *method_args):
+    from tbps_bench.cli import main
+    from tbps_bench.results import load_result
+
+    out = tmp_path / "_".join(method_args).replace("=", "-") if method_args else tmp_path / "plain"
+    args = ["eval", "-m", "nafs-tiny", "-d", "toy-pedes", "--limit", "60", "--out", str(out)]
+    for arg in method_args:
+        args += ["--method-arg", arg]
+    assert main(args) == 0
+    return load_result(next(out.rglob("*.json")))
+
+
+def test_shortlist_and_rerank_through_the_harness(tmp_path):
+    exhaustive = _eval(tmp_path)
+    everything = _eval(tmp_path, "shortlist=1000")  # every pair shortlisted: the same ranking
+    assert everything["metrics"] == exhaustive["metrics"]
+    assert everything["protocol"]["shortlist_k"] == 1000
+    assert everything["timings"]["cache_hits"] == {"images": True, "texts": True}  # features reused
+    short = _eval(tmp_path, "shortlist=5")
+    assert short["protocol"]["shortlist_k"] == 5
+    for rerank in ("rvn", "rvn-official"):
+        reranked = _eval(tmp_path, f"rerank={rerank}")
+        assert reranked["protocol"]["rerank"] == rerank
+    assert exhaustive["protocol"]["rerank"] == "none"
+
+
+def test_shortlist_ranks_scored_pairs_first():
+    from tbps_models.nafs.method import NafsMethod
+
+    method = NafsMethod(config="nafs-tiny", shortlist=3)
+    q, v, k, u, lengths = random_problem(n_images=9, n_texts=11, dim=32)
+    generator = torch.Generator().manual_seed(5)
+    images = {"global_img_feat": torch.randn(9, 32, generator=generator), "local_img_query": q, "local_img_value": v}
+    texts = {"global_text_feat": torch.randn(11, 32, generator=generator), "local_text_key": k}
+    texts.update(local_text_value=u, length=lengths)
+    got = method.score_all(images, texts)
+    unit = torch.nn.functional.normalize
+    global_scores = unit(texts["global_text_feat"], dim=1) @ unit(images["global_img_feat"], dim=1).T
+    full = global_scores + local_similarity_per_pair(q, v, k, u, lengths).T
+    for t in range(11):
+        chosen = set(global_scores[t].topk(3).indices.tolist())
+        chosen |= {i for i in range(9) if t in global_scores[:, i].topk(3).indices.tolist()}
+        scored = sorted(chosen, key=lambda i: -float(full[t, i]))
+        rest = sorted(set(range(9)) - chosen, key=lambda i: -float(global_scores[t, i]))
+        assert got[t].argsort(descending=True).tolist() == scored + rest

@@ -57,8 +57,8 @@ class NafsMethod(Method):
         #: caption -> frozen text encoder outputs, filled during training when the encoder is frozen
         self._frozen_text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         model_config, self.schedule = self._model_settings(self.config_name)
-        overrides = {"text_encoder": text_encoder, "trunk_weights": trunk_weights}
-        model_config.update({k: v for k, v in overrides.items() if v is not None})
+        self.overrides = {k: v for k, v in {"text_encoder": text_encoder, "trunk_weights": trunk_weights}.items() if v}
+        model_config.update(self.overrides)
         self.model = self._load(model_config)
         self.tokenizer = NafsTokenizer(
             self.model.config.text_encoder, self.model.config.max_length, self.model.config.sub_sentences
@@ -102,10 +102,15 @@ class NafsMethod(Method):
     def arguments(self) -> dict[str, Any]:
         return {
             "config": self.config_name,
+            # folder and file names only: results do not carry the user's paths
+            **{k: Path(v).name for k, v in self.overrides.items()},
             "rerank": self.rerank,
             "shortlist": self.shortlist,
             "rerank_k": self.rerank_k,
         }
+
+    def encoder_arguments(self) -> dict[str, Any]:
+        return {"config": self.config_name, **self.overrides}
 
     def preprocessing(self) -> dict[str, Any]:
         config = self.model.config

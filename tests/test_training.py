@@ -1,0 +1,71 @@
+"""The shared training loop, driven through ``tbps-bench train`` with nafs-tiny on toy-pedes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from tbps_bench.cli import main
+from tbps_bench.results import load_result
+from tbps_bench.training import learning_rate_factor
+from tbps_models.nafs.presets import RELEASED_SCHEDULE
+
+SMOKE = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--max-steps", "2", "--device", "cpu"]
+
+
+def test_released_schedule():
+    factors = {e: learning_rate_factor(e, RELEASED_SCHEDULE) for e in (0, 5, 10, 19, 20, 25, 35, 59)}
+    assert factors[0] == pytest.approx(0.01)
+    assert factors[5] == pytest.approx(0.505)
+    assert factors[10] == factors[19] == pytest.approx(1.0)
+    assert factors[20] == pytest.approx(0.1)
+    assert factors[25] == pytest.approx(0.01)
+    assert factors[35] == factors[59] == pytest.approx(0.001)
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*SMOKE, "--epochs", "2", "--out", str(straight)]) == 0
+    assert main([*SMOKE, "--epochs", "1", "--out", str(resumed)]) == 0
+    assert main([*SMOKE, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*SMOKE, "--epochs", "2", "--out", str(resumed), "--resume"]) == 0
+
+    run = "nafs-tiny/toy-pedes/seed0"
+    log = [json.loads(line) for line in (resumed / run / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]
+    assert all(entry["losses"]["total"] > 0 and "val" in entry for entry in log)
+    # resuming gives the same weights as training straight through
+    a, b = _weights(straight / run / "last"), _weights(resumed / run / "last")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+    out = tmp_path / "results"
+    checkpoint = straight / run / "best"
+    args = ["eval", "-m", "nafs-tiny", "-d", "toy-pedes", "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main(args) == 0
+    result = load_result(next(out.rglob("*.json")))
+    training = result["method"]["training"]
+    assert result["method"]["trained_on"] == "toy-pedes"
+    assert training["selected_on"] == "val" and training["max_steps_per_epoch"] == 2
+    assert result["protocol"]["rerank"] == "none" and result["protocol"]["shortlist_k"] is None
+    assert isinstance(result["protocol"]["truncated_captions"], int)
+    assert result["protocol"]["scoring"] == "pairwise"
+
+
+def test_selection_on_test_is_recorded(tmp_path):
+    assert main([*SMOKE, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "nafs-tiny/toy-pedes/seed0/best/config.json").read_text())["meta"]
+    assert meta["selected_on"] == "test"
+
+
+def test_untrainable_method_and_bad_flags(tmp_path, capsys):
+    assert main(["train", "-m", "random", "-d", "toy-pedes", "--out", str(tmp_path)]) == 2
+    assert "cannot be trained" in capsys.readouterr().err
+    assert main([*SMOKE, "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
