@@ -9,6 +9,7 @@ from PIL import Image
 from tbps_bench.cli import main
 from tbps_bench.errors import BenchError
 from tbps_bench.registry import DATASETS
+from tbps_bench.results import load_result
 from tbps_datasets.check import check_dataset
 from tbps_datasets.specs import DatasetSpec, SplitCounts
 
@@ -253,3 +254,26 @@ def test_second_load_of_cuhk_sized_annotation_is_fast(tmp_path, benchmark):
 
     split = benchmark(second_load)
     assert split.counts()["captions"] == 80412
+
+
+def test_long_ufine3c_captions_are_kept_whole_and_truncation_is_counted(tmp_path):
+    """UFine captions are long: the adapter keeps every word, the tokenizer's cut is recorded."""
+    records = _records(splits=(("test", 4),))
+    long_caption = " ".join(["a woman wearing a long dark red coat with golden buttons"] * 6)  # > 32 word pieces
+    for i, r in enumerate(records):
+        r["source"] = ["cuhk", "icfg"][i % 2]
+        r["captions"][0] = long_caption if i < 3 else r["captions"][0]
+        del r["split"]
+    _write(tmp_path, "UFine3C.json", records)
+    split = DATASETS.load("ufine3c")(root=tmp_path).eval_split("test")
+    assert split.captions.count(long_caption) == 3  # nothing cut by the adapter
+    out = tmp_path / "res"
+    args = ["eval", "-m", "nafs-tiny", "-d", "ufine3c", "--data-root", str(tmp_path), "--out", str(out)]
+    assert main(args) == 0
+    by_split = {r["dataset"]["split"]: r for r in map(load_result, out.rglob("*.json"))}
+    assert by_split["test"]["protocol"]["truncated_captions"] == 3  # nafs-tiny reads 32 word pieces
+    assert by_split["test/cuhk"]["protocol"]["truncated_captions"] == 2
+    assert by_split["test/icfg"]["protocol"]["truncated_captions"] == 1
+    random_args = ["eval", "-m", "random", "-d", "ufine3c", "--data-root", str(tmp_path), "--out", str(out / "r")]
+    assert main(random_args) == 0
+    assert load_result(next((out / "r").rglob("*_test.json")))["protocol"]["truncated_captions"] is None

@@ -282,6 +282,9 @@ def test_shortlist_and_rerank_through_the_harness(tmp_path):
         reranked = _eval(tmp_path, f"rerank={rerank}")
         assert reranked["protocol"]["rerank"] == rerank
     assert exhaustive["protocol"]["rerank"] == "none"
+    low = _eval(tmp_path, "score_dtype=bf16")
+    assert low["protocol"]["score_dtype"] == "bf16"
+    assert low["metrics"]["t2i"]["mAP"] == pytest.approx(exhaustive["metrics"]["t2i"]["mAP"], abs=5.0)
 
 
 def test_shortlist_ranks_scored_pairs_first():

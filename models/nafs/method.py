@@ -21,6 +21,7 @@ from tbps_models.nafs.tokenization import NafsTokenizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_SCORE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: shortlisted pairs outrank every other pair: |S| <= 2 for scored pairs
 _UNSCORED_OFFSET = 10.0
 
@@ -45,9 +46,13 @@ class NafsMethod(Method):
         rerank: str = "none",
         shortlist: int = 0,
         rerank_k: int = 5,
+        score_dtype: str = "fp32",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if score_dtype not in _SCORE_DTYPES:
+            raise BenchError(f"NAFS score_dtype must be one of {', '.join(_SCORE_DTYPES)}; got {score_dtype!r}")
+        self.score_dtype = score_dtype
         if rerank not in RERANK_CHOICES:
             raise BenchError(f"NAFS rerank must be one of {', '.join(RERANK_CHOICES)}; got {rerank!r}")
         self.rerank, self.shortlist, self.rerank_k = rerank, int(shortlist), int(rerank_k)
@@ -107,6 +112,7 @@ class NafsMethod(Method):
             "rerank": self.rerank,
             "shortlist": self.shortlist,
             "rerank_k": self.rerank_k,
+            "score_dtype": self.score_dtype,
         }
 
     def encoder_arguments(self) -> dict[str, Any]:
@@ -124,7 +130,7 @@ class NafsMethod(Method):
         }
 
     def protocol(self) -> dict[str, Any]:
-        return {"rerank": self.rerank, "shortlist_k": self.shortlist or None}
+        return {"rerank": self.rerank, "shortlist_k": self.shortlist or None, "score_dtype": self.score_dtype}
 
     # -- preprocessing
     def _transform(self, flip: bool):
@@ -160,7 +166,8 @@ class NafsMethod(Method):
 
     # -- scoring
     def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
-        scores, _, _ = self.model.score(image_features, text_features, text_features["length"])
+        dtype = _SCORE_DTYPES[self.score_dtype]
+        scores, _, _ = self.model.score(image_features, text_features, text_features["length"], dtype)
         return scores
 
     def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
@@ -187,11 +194,12 @@ class NafsMethod(Method):
         per_text = int(chosen.sum(1).max())
         # each text's chosen images first (topk of a 0/1 matrix), padded with unchosen ones
         candidates = chosen.float().topk(per_text, dim=1).indices
+        dtype = _SCORE_DTYPES[self.score_dtype]
         local = local_similarity_candidates(
-            images["local_img_query"].to(self.device),
-            images["local_img_value"].to(self.device),
-            texts["local_text_key"].to(self.device),
-            texts["local_text_value"].to(self.device),
+            images["local_img_query"].to(self.device, dtype),
+            images["local_img_value"].to(self.device, dtype),
+            texts["local_text_key"].to(self.device, dtype),
+            texts["local_text_value"].to(self.device, dtype),
             texts["length"].to(self.device),
             candidates.to(self.device),
             self.model.config.lambda_softmax,

@@ -109,19 +109,27 @@ class Nafs(nn.Module):
             "local_text_value": self.local_bottleneck_text_value(self.local_fc_text_value(elements)),
         }
 
-    def score(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor], lengths: torch.Tensor):
-        """S = cos(global) + S_loc for every image x text pair, with the parts, as (images x texts)."""
+    def score(
+        self,
+        images: dict[str, torch.Tensor],
+        texts: dict[str, torch.Tensor],
+        lengths: torch.Tensor,
+        local_dtype: torch.dtype = torch.float32,
+    ):
+        """S = cos(global) + S_loc for every image x text pair, with the parts, as (images x texts).
+
+        ``local_dtype=torch.bfloat16`` runs the local term's products in bf16 (faster on hardware
+        with bf16 units; about 1e-3 mean and 2.5e-2 x max|S_loc| largest absolute error)."""
         sim_global = torch.nn.functional.normalize(images["global_img_feat"], dim=1, eps=1e-12) @ (
             torch.nn.functional.normalize(texts["global_text_feat"], dim=1, eps=1e-12).T
         )
-        sim_local = local_similarity(
+        local = [
             images["local_img_query"],
             images["local_img_value"],
             texts["local_text_key"],
             texts["local_text_value"],
-            lengths,
-            self.config.lambda_softmax,
-        )
+        ]
+        sim_local = local_similarity(*(t.to(local_dtype) for t in local), lengths, self.config.lambda_softmax)
         return sim_global + sim_local, sim_global, sim_local
 
     def tokenizer(self):
