@@ -44,15 +44,20 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {"pid": self.split.image_pids[index], "index": index}
         if self.transform is not None:
-            from PIL import Image
-
-            path = self.split.image_root / self.split.image_paths[index]
-            try:
-                with Image.open(path) as image:
-                    item["pixels"] = self.transform(image.convert("RGB"))
-            except OSError as exc:
-                raise BenchError(f"cannot read image {self.split.image_paths[index]} (index {index}): {exc}") from exc
+            item["pixels"] = read_image(self.split, index, self.transform)
         return item
+
+
+def read_image(split: EvalSplit, index: int, transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """One image of the split as RGB, through the method's transform."""
+    from PIL import Image
+
+    path = split.image_root / split.image_paths[index]
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except OSError as exc:
+        raise BenchError(f"cannot read image {split.image_paths[index]} (index {index}): {exc}") from exc
 
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:

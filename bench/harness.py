@@ -13,7 +13,7 @@ import torch
 from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_path
-from tbps_bench.methods import Method
+from tbps_bench.methods import Features, Method
 from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
 from tbps_bench.provenance import provenance
 from tbps_bench.registry import DATASETS, METHODS
@@ -75,13 +75,24 @@ class SplitEvaluation:
     truncated_captions: int | None
 
 
-def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache) -> SplitEvaluation:
-    """Encode (or reuse) features and compute both directions."""
-    checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
+def encode_split(
+    method: Method,
+    split: EvalSplit,
+    options: EvalOptions,
+    cache: FeatureCache,
+    checkpoint_sha: str | None = None,
+    project: bool = True,
+) -> tuple[Features, Features, dict[str, Any]]:
+    """Image and text features of a split, from the cache when the same encoding was done before.
+
+    For a method with a frozen backbone, what is cached is the backbone's output (independent of
+    the checkpoint) and the trained projection is applied afterwards (unless ``project`` is False:
+    training reads the backbone features themselves)."""
+    frozen = method.frozen_backbone
     common = {
         "method": method.name,
         "arguments": method.encoder_arguments(),
-        "checkpoint_sha256": checkpoint_sha,
+        "checkpoint_sha256": None if frozen else checkpoint_sha,
         "annotation_sha256": split.annotation_sha256,
         "dataset": split.dataset,
         "split": split.split,
@@ -89,18 +100,41 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
         "preprocessing": method.preprocessing(),
         "amp": options.amp,
     }
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
     start = time.perf_counter()
     image_features, image_hit = cache.get_or_compute(
         {**common, "modality": "image"},
         lambda: encode_images(method, split, options.batch_size, options.amp, options.workers),
     )
+    if frozen and project:
+        image_features = _projected(method.project_images, image_features, method.device)
     timings["encode_images_s"] = time.perf_counter() - start
     start = time.perf_counter()
     text_features, text_hit = cache.get_or_compute(
         {**common, "modality": "text"}, lambda: encode_texts(method, split, options.batch_size, options.amp)
     )
+    if frozen and project:
+        text_features = _projected(method.project_texts, text_features, method.device)
     timings["encode_texts_s"] = time.perf_counter() - start
+    timings["cache_hits"] = {"images": image_hit, "texts": text_hit}
+    return image_features, text_features, timings
+
+
+def _projected(project, features: Features, device: torch.device) -> Features:
+    with torch.inference_mode():
+        moved = (
+            features.to(device)
+            if isinstance(features, torch.Tensor)
+            else {k: v.to(device) for k, v in features.items()}
+        )
+        out = project(moved)
+    return out.float().cpu() if isinstance(out, torch.Tensor) else {k: v.float().cpu() for k, v in out.items()}
+
+
+def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache) -> SplitEvaluation:
+    """Encode (or reuse) features and compute both directions."""
+    checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
+    image_features, text_features, timings = encode_split(method, split, options, cache, checkpoint_sha)
     start = time.perf_counter()
     if method.pairwise:
         scores = method.score_all(image_features, text_features)
@@ -125,7 +159,6 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
-    timings["cache_hits"] = {"images": image_hit, "texts": text_hit}
     truncated = count_truncated(method, split.captions, options.batch_size)
     if truncated:
         print(

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from tbps_bench.splits import EvalSplit
+
 Features = torch.Tensor | dict[str, torch.Tensor]
 
 
@@ -45,6 +47,16 @@ class Method:
     # -- description, recorded in results and in the cache key
     def arguments(self) -> dict[str, Any]:
         return dict(self.options)
+
+    #: the encoders are frozen: the harness caches ``encode_*`` outputs whatever the checkpoint, and
+    #: applies the trained ``project_images`` / ``project_texts`` to them afterwards
+    frozen_backbone: bool = False
+
+    def project_images(self, features: Features) -> Features:
+        return features
+
+    def project_texts(self, features: Features) -> Features:
+        return features
 
     def encoder_arguments(self) -> dict[str, Any]:
         """The arguments that change encoded features (the feature cache key); scoring-only
@@ -109,8 +121,12 @@ class Method:
         """The schedule this method is trained with unless the user gives one."""
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
-    def prepare_training(self, num_classes: int, config: dict[str, Any]) -> None:
-        """Build what training needs beyond inference (loss heads sized to ``num_classes``)."""
+    #: False when training reads cached features only (frozen encoders): the loop skips image decoding
+    needs_pixels_in_training: bool = True
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split: EvalSplit) -> None:
+        """Build what training needs beyond inference: loss heads sized to ``num_classes``, and
+        anything read once from the train split (a vocabulary, frozen features)."""
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
     def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
@@ -121,7 +137,9 @@ class Method:
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
     def training_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (``pixels``, ``tokens``, ``captions``, ``labels``); ``total`` is minimised."""
+        """Loss terms of one batch; ``total`` is minimised. The batch holds ``pixels`` (unless
+        ``needs_pixels_in_training`` is False), ``tokens``, ``captions``, ``labels`` and the train
+        split's ``caption_index`` / ``image_index`` of each item."""
         raise NotImplementedError(f"method '{self.name}' cannot be trained")
 
     def training_state(self) -> dict[str, torch.Tensor]:

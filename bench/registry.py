@@ -109,6 +109,7 @@ def _builtin_methods() -> dict[str, str]:
         "oracle": "tbps_models.oracle:OracleMethod",
         "nafs": "tbps_models.nafs.method:NafsMethod",
         "nafs-tiny": "tbps_models.nafs.method:NafsTinyMethod",
+        "frozen-linear": "tbps_models.frozen_linear.method:FrozenLinearMethod",
     }
 
 

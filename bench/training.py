@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tbps_bench.encoding import FeatureCache, autocast, progress
+from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, write_json_atomic
 from tbps_bench.harness import EvalOptions, build_method, evaluate_split, load_eval_split, resolve_device
@@ -66,22 +66,22 @@ class _CaptionPairs(torch.utils.data.Dataset):
     """One training item per caption: its image, the caption and the contiguous identity label."""
 
     def __init__(self, split: EvalSplit, transform, labels: torch.Tensor):
-        self.split, self.transform, self.labels = split, transform, labels
+        self.split, self.transform, self.labels = split, transform, labels  # transform None: no pixels
 
     def __len__(self) -> int:
         return len(self.split.captions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
         image_index = int(self.split.caption_image[index])
-        path = self.split.image_root / self.split.image_paths[image_index]
-        try:
-            with Image.open(path) as image:
-                pixels = self.transform(image.convert("RGB"))
-        except OSError as exc:
-            raise BenchError(f"cannot read training image {self.split.image_paths[image_index]}: {exc}") from exc
-        return {"pixels": pixels, "caption": self.split.captions[index], "label": int(self.labels[index])}
+        item = {
+            "caption": self.split.captions[index],
+            "label": int(self.labels[index]),
+            "caption_index": index,
+            "image_index": image_index,
+        }
+        if self.transform is not None:
+            item["pixels"] = read_image(self.split, image_index, self.transform)
+        return item
 
 
 def _merge_schedule(method: Method, options: TrainOptions) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     pids = sorted(set(train_split.caption_pids.tolist()))
     label_of = {pid: label for label, pid in enumerate(pids)}
     labels = torch.tensor([label_of[p] for p in train_split.caption_pids.tolist()])
-    method.prepare_training(len(pids), schedule)
+    method.prepare_training(len(pids), schedule, train_split)
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
@@ -145,7 +145,8 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         "max_steps_per_epoch": options.max_steps_per_epoch,
         "method_arguments": method.arguments(),
     }
-    pairs = _CaptionPairs(train_split, method.train_image_transform(), labels)
+    transform = method.train_image_transform() if method.needs_pixels_in_training else None
+    pairs = _CaptionPairs(train_split, transform, labels)
     log_file = folder / "log.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     for epoch in range(start_epoch, schedule["epochs"]):
@@ -171,11 +172,14 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
                 break
             tokens = {k: v.to(device) for k, v in method.tokenize(batch["caption"]).items()}
             inputs = {
-                "pixels": batch["pixels"].to(device),
                 "tokens": tokens,
                 "captions": batch["caption"],
                 "labels": batch["label"].to(device),
+                "caption_index": batch["caption_index"],
+                "image_index": batch["image_index"],
             }
+            if "pixels" in batch:
+                inputs["pixels"] = batch["pixels"].to(device)
             with autocast(device, options.amp):
                 losses = method.training_losses(inputs)
             total = losses["total"]
@@ -195,7 +199,9 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
             "losses": {k: v / max(steps, 1) for k, v in totals.items()},
         }
         if select_split is not None:
-            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), FeatureCache(enabled=False))
+            # features change every epoch, except those of a frozen backbone (cached without the weights)
+            cache = FeatureCache(enabled=method.frozen_backbone)
+            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), cache)
             entry[options.select_on] = evaluation.retrieval.summary()
             score = entry[options.select_on]["t2i"]["R1"]
         else:

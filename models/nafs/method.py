@@ -214,7 +214,7 @@ class NafsMethod(Method):
     def default_training_config(self) -> dict[str, Any]:
         return dict(self.schedule)
 
-    def prepare_training(self, num_classes: int, config: dict[str, Any]) -> None:
+    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split) -> None:
         model_config = self.model.config
         self.loss = NafsLoss(
             self.model.feature_size, num_classes, model_config.loss_weights, model_config.lambda_softmax
