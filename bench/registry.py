@@ -110,6 +110,7 @@ def _builtin_methods() -> dict[str, str]:
         "nafs": "tbps_models.nafs.method:NafsMethod",
         "nafs-tiny": "tbps_models.nafs.method:NafsTinyMethod",
         "frozen-linear": "tbps_models.frozen_linear.method:FrozenLinearMethod",
+        "precomputed": "tbps_models.precomputed.method:PrecomputedMethod",
     }
 
 

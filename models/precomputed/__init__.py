@@ -1,0 +1,1 @@
+"""``precomputed``: any method on the leaderboard from its saved scores or embeddings."""

@@ -1,0 +1,108 @@
+"""Scores or embeddings computed elsewhere, checked against the dataset split before use.
+
+- ``.npz`` with ``similarity`` (texts x images), ``text_ids`` and ``image_ids``;
+- ``.safetensors`` with ``text_embeddings``, ``image_embeddings``, ``text_ids`` and ``image_ids``.
+
+Rows follow the split's order (captions in annotation order, unique gallery images in order), as
+``tbps-bench data info`` and the evaluation view define it; the ids must match position by position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import sha256_file
+from tbps_bench.methods import Features, Method
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BenchError(f"precomputed file {path} does not exist")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: torch.from_numpy(np.asarray(data[k])) for k in data.files}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - numpy and safetensors raise their own types
+        raise BenchError(f"cannot read precomputed file {path}: {exc}") from exc
+    raise BenchError(f"precomputed file {path}: expected .npz (scores) or .safetensors (embeddings)")
+
+
+class PrecomputedMethod(Method):
+    """Options: ``file`` (required), ``label`` (the name shown on leaderboards)."""
+
+    name = "precomputed"
+    needs_pixels = False
+
+    def __init__(self, file: str | None = None, label: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if file is None:
+            raise BenchError("precomputed needs --method-arg file=PATH (.npz scores or .safetensors embeddings)")
+        self.path = Path(file)
+        self.label = label or self.path.stem
+        self.data = _load(self.path)
+        needed = (
+            ("similarity", "text_ids", "image_ids")
+            if self.path.suffix == ".npz"
+            else ("text_embeddings", "image_embeddings", "text_ids", "image_ids")
+        )
+        missing = [k for k in needed if k not in self.data]
+        if missing:
+            raise BenchError(f"precomputed file {self.path} lacks {missing}; it has {sorted(self.data)}")
+        self.pairwise = self.path.suffix == ".npz"
+        self.sha256 = sha256_file(self.path)
+
+    def arguments(self) -> dict[str, Any]:
+        return {"label": self.label, "file": self.path.name, "sha256": self.sha256}
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _rows(self, kind: str, batch) -> torch.Tensor:
+        """Check this batch's ids against the file, then return the file's rows for it."""
+        ids = self.data[f"{kind}_ids"].reshape(-1).to(torch.int64)
+        index = batch["index"].cpu()
+        if int(index.max()) >= len(ids):
+            raise BenchError(
+                f"precomputed file {self.path} has {len(ids)} {kind} rows; the split has more (row {int(index.max())})"
+            )
+        expected = batch["pid"].cpu().to(torch.int64)
+        wrong = torch.nonzero(ids[index] != expected).reshape(-1)
+        if len(wrong):
+            row = int(index[wrong[0]])
+            raise BenchError(
+                f"precomputed file {self.path}: {kind}_ids[{row}] is {int(ids[row])} but the split's {kind} {row} "
+                f"belongs to person {int(expected[wrong[0]])}; rows must follow the split's order"
+            )
+        if self.pairwise:
+            return index.float()[:, None]
+        return self.data[f"{kind}_embeddings"][index].float()
+
+    def encode_images(self, batch) -> torch.Tensor:
+        return self._rows("image", batch)
+
+    def encode_texts(self, batch) -> torch.Tensor:
+        return self._rows("text", batch)
+
+    def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
+        similarity = self.data["similarity"].float()
+        texts, images = len(self.data["text_ids"].reshape(-1)), len(self.data["image_ids"].reshape(-1))
+        if similarity.shape != (texts, images):
+            raise BenchError(
+                f"precomputed file {self.path}: similarity is {tuple(similarity.shape)}, expected texts x images = "
+                f"({texts}, {images})"
+            )
+        if (texts, images) != (len(text_features), len(image_features)):
+            raise BenchError(
+                f"precomputed file {self.path} scores {texts} texts x {images} images; the split has "
+                f"{len(text_features)} x {len(image_features)}"
+            )
+        return similarity

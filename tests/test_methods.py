@@ -1,0 +1,134 @@
+"""Every registered method at tiny size; external results; a separately installed method package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tbps_bench.cli import main
+from tbps_bench.harness import load_eval_split
+from tbps_bench.registry import METHODS
+from tbps_bench.results import load_result
+
+LIMIT = 24
+
+
+def _toy_test_split():
+    return load_eval_split("toy-pedes", None, "test").limited(LIMIT)
+
+
+def _oracle_scores(path: Path) -> Path:
+    split = _toy_test_split()
+    similarity = (split.caption_pids[:, None] == split.image_pids[None, :]).float().numpy()
+    np.savez(path, similarity=similarity, text_ids=split.caption_pids.numpy(), image_ids=split.image_pids.numpy())
+    return path
+
+
+def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
+    """Arguments that make each registered method small; a new method must add itself here."""
+    return {
+        "random": [],
+        "oracle": [],
+        "nafs": ["config=nafs-tiny"],
+        "nafs-tiny": [],
+        "frozen-linear": ["dim=32"],
+        "precomputed": [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_every_registered_method_evaluates_at_tiny_size(name, tmp_path):
+    arguments = _tiny_arguments(tmp_path)
+    assert name in arguments, f"add tiny smoke arguments for the new method '{name}'"
+    args = ["eval", "-m", name, "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(tmp_path / "res")]
+    args += ["--device", "cpu"]
+    for value in arguments[name]:
+        args += ["--method-arg", value]
+    assert main(args) == 0
+    result = load_result(next((tmp_path / "res").rglob("*.json")))
+    assert result["status"] == "partial"
+    for direction in ("t2i", "i2t"):
+        assert 0.0 <= result["metrics"][direction]["R1"] <= 100.0
+
+
+def test_precomputed_scores_and_embeddings(tmp_path):
+    scores = _oracle_scores(tmp_path / "scores.npz")
+    out = tmp_path / "res"
+    base = ["eval", "-m", "precomputed", "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(out)]
+    assert main([*base, "--method-arg", f"file={scores}", "--method-arg", "label=perfect"]) == 0
+    result = load_result(next(out.rglob("*.json")))
+    assert result["metrics"]["t2i"]["R1"] == 100.0 and result["metrics"]["i2t"]["mAP"] == 100.0
+    assert result["method"]["arguments"]["label"] == "perfect"
+
+    split = _toy_test_split()
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(1000, 16, generator=generator)
+    embeddings = tmp_path / "emb.safetensors"
+    save_file(
+        {
+            "text_embeddings": centres[split.caption_pids],
+            "image_embeddings": centres[split.image_pids],
+            "text_ids": split.caption_pids,
+            "image_ids": split.image_pids,
+        },
+        str(embeddings),
+    )
+    out2 = tmp_path / "res2"
+    assert main([*base[:-1], str(out2), "--method-arg", f"file={embeddings}"]) == 0
+    assert load_result(next(out2.rglob("*.json")))["metrics"]["t2i"]["R1"] == 100.0
+
+
+def test_precomputed_with_other_ids_or_counts_is_refused(tmp_path, capsys):
+    split = _toy_test_split()
+    swapped = split.caption_pids.clone()
+    swapped[[0, -1]] = swapped[[-1, 0]]
+    bad_ids = tmp_path / "bad_ids.npz"
+    n_texts, n_images = len(split.caption_pids), len(split.image_pids)
+    np.savez(bad_ids, similarity=np.zeros((n_texts, n_images)), text_ids=swapped.numpy(), image_ids=split.image_pids)
+    base = ["eval", "-m", "precomputed", "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(tmp_path / "r")]
+    assert main([*base, "--method-arg", f"file={bad_ids}"]) == 1
+    assert "text_ids[0] is" in capsys.readouterr().err
+    short = tmp_path / "short.npz"
+    np.savez(short, similarity=np.zeros((3, 2)), text_ids=split.caption_pids[:3], image_ids=split.image_pids[:2])
+    assert main([*base, "--method-arg", f"file={short}"]) == 1
+    assert "rows; the split has more" in capsys.readouterr().err
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, scores=np.zeros((3, 2)))
+    assert main([*base, "--method-arg", f"file={missing}"]) == 1
+    assert "lacks ['similarity', 'text_ids', 'image_ids']" in capsys.readouterr().err
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+def _readme_block(marker: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return marker + readme.split(marker, 1)[1].split("```", 1)[0]
+
+
+def test_separately_installed_method_package(tmp_path):
+    """The README's package example, built and installed with pip, is listed and evaluates."""
+    package = tmp_path / "tbps-grey-level"
+    package.mkdir()
+    (package / "pyproject.toml").write_text(_readme_block("# pyproject.toml\n"))
+    (package / "tbps_grey_level.py").write_text(_readme_block("# tbps_grey_level.py\n"))
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet"]
+    subprocess.run([*pip, "--target", str(site), str(package)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "tbps_bench"]
+    listing = subprocess.run([*command, "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert listing.returncode == 0, listing.stderr
+    assert "grey-level" in listing.stdout and "entry point (tbps-grey-level)" in listing.stdout
+    out = tmp_path / "res"
+    run = [*command, "eval", "-m", "grey-level", "-d", "toy-pedes", "--out", str(out)]
+    evaluation = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr
+    result = json.loads(next(out.rglob("*.json")).read_text())
+    assert result["method"]["origin"] == "entry point (tbps-grey-level)"
