@@ -9,7 +9,7 @@ from tbps_bench.errors import BenchError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tbps_bench.cli import data_cmd, eval_cmd, list_cmd, score_cmd, train_cmd
+    from tbps_bench.cli import data_cmd, demo_cmd, eval_cmd, leaderboard_cmd, list_cmd, score_cmd, train_cmd
 
     parser = argparse.ArgumentParser(prog="tbps-bench", description=__doc__)
     parser.add_argument(
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         help="import a plugin file that registers methods or datasets (repeatable)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd):
+    for module in (demo_cmd, list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd, leaderboard_cmd):
         module.add_parser(commands)
     return parser
 
