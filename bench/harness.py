@@ -160,12 +160,6 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
     truncated = count_truncated(method, split.captions, options.batch_size)
-    if truncated:
-        print(
-            f"note: {truncated} of {len(split.captions)} {split.dataset}/{split.split} captions are longer than "
-            f"what method '{method.name}' reads; counted in the result as protocol.truncated_captions",
-            file=sys.stderr,
-        )
     return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, truncated)
 
 
@@ -185,6 +179,12 @@ def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: li
     run_id = new_run_id()
     for part in subsets:
         evaluation = evaluate_split(method, part, options, cache)
+        if evaluation.truncated_captions:
+            print(
+                f"note: {evaluation.truncated_captions} of {len(part.captions)} {part.dataset}/{part.split} captions "
+                f"are longer than what method '{method.name}' reads (recorded as protocol.truncated_captions)",
+                file=sys.stderr,
+            )
         paths.append(_write(method, method_name, part, evaluation, options, device, run_id, argv))
     return paths
 

@@ -111,6 +111,8 @@ def _builtin_methods() -> dict[str, str]:
         "nafs-tiny": "tbps_models.nafs.method:NafsTinyMethod",
         "frozen-linear": "tbps_models.frozen_linear.method:FrozenLinearMethod",
         "precomputed": "tbps_models.precomputed.method:PrecomputedMethod",
+        "clip": "tbps_models.clip.method:ClipMethod",
+        "cmpm-cmpc": "tbps_models.cmpm_cmpc.method:CmpmCmpcMethod",
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_clip import write_tiny_clip
 
 from tbps_bench.cli import main
 from tbps_bench.harness import load_eval_split
@@ -41,6 +42,8 @@ def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
         "nafs-tiny": [],
         "frozen-linear": ["dim=32"],
         "precomputed": [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
+        "clip": [f"model={write_tiny_clip(tmp_path / 'clip')}", "image_height=64", "image_width=32"],
+        "cmpm-cmpc": ["trunk=resnet18", "image_height=64", "image_width=32"],
     }
 
 

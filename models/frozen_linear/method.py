@@ -17,7 +17,7 @@ from tbps_bench.harness import EvalOptions, encode_split
 from tbps_bench.methods import Method
 from tbps_bench.splits import EvalSplit
 from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
-from tbps_models.nafs.losses import cmpm_loss
+from tbps_models.losses import cmpm_loss
 from tbps_models.nafs.presets import offline_text_encoder
 
 IMAGE_SIZE = (256, 128)

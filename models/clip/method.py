@@ -1,0 +1,182 @@
+"""CLIP through ``transformers.CLIPModel``: zero-shot from a local folder, or fine-tuned by the loop.
+
+Person images are tall (384 x 128 by default): the position embeddings are interpolated to that
+patch grid, as the CLIP-based person-search codebases do. Fine-tuning uses the
+similarity-distribution-matching loss (``sdm``, the CLIP-based methods' loss) or InfoNCE with every
+same-identity pair of the batch as a positive (``infonce``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import atomic_dir
+from tbps_bench.methods import Method
+from tbps_models.losses import matching_kl
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TRAINING_RECORD = "tbps_training.json"
+LOSSES = ("sdm", "infonce")
+SCHEDULE = {
+    "epochs": 60,
+    "batch_size": 64,
+    "lr": 1e-5,
+    "backbone_lr_factor": 1.0,
+    "backbone_weight_decay": 4e-5,
+    "warmup_epochs": 5,
+    "warmup_factor": 0.1,
+    "milestones": [30, 50],
+    "gamma": 0.1,
+}
+
+
+def _features(output) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in older transformers and an output object in newer ones."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def identity_targets(labels: torch.Tensor) -> torch.Tensor:
+    same = (labels[:, None] == labels[None, :]).float()
+    return same / same.sum(1, keepdim=True)
+
+
+def sdm_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(sim / t) || identity distribution), both directions."""
+    sim = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
+    target = identity_targets(labels)
+    return matching_kl(sim, target, 1e-8) + matching_kl(sim.T, target, 1e-8)
+
+
+def infonce_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy towards every same-identity item of the batch, both directions."""
+    sim = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
+    target = identity_targets(labels)
+    return -(target * F.log_softmax(sim, dim=1)).sum(1).mean() - (target * F.log_softmax(sim.T, dim=1)).sum(1).mean()
+
+
+class ClipMethod(Method):
+    """Options: ``model`` (a CLIPModel folder: config, weights, tokenizer files), ``image_height`` /
+    ``image_width`` (384 x 128), ``loss`` (sdm | infonce), ``temperature`` (0.02).
+    ``--checkpoint`` takes a folder written by ``tbps-bench train -m clip``."""
+
+    name = "clip"
+    trainable = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        image_height: int = 384,
+        image_width: int = 128,
+        loss: str = "sdm",
+        temperature: float = 0.02,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if loss not in LOSSES:
+            raise BenchError(f"clip loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+        folder = Path(self.checkpoint) if self.checkpoint else (Path(model) if model else None)
+        if folder is None:
+            raise BenchError("clip needs --method-arg model=FOLDER (a CLIPModel folder) or a --checkpoint folder")
+        if not (folder / "config.json").is_file():
+            raise BenchError(f"CLIP folder {folder} has no config.json; expected a transformers CLIPModel folder")
+        try:
+            self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"cannot load CLIP from {folder}: {exc}") from exc
+        self.folder = folder
+        self.size = (int(image_height), int(image_width))
+        self.loss_name, self.temperature = loss, float(temperature)
+        self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
+        record = folder / TRAINING_RECORD
+        if self.checkpoint and record.is_file():
+            self.training_record = json.loads(record.read_text())
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "model": self.folder.name if not self.checkpoint else None,
+            "mode": "fine-tuned" if self.training_record else "zero-shot",
+            "loss": self.loss_name,
+        }
+
+    def encoder_arguments(self) -> dict[str, Any]:
+        return {"folder": str(self.folder.resolve()), "size": list(self.size)}
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"image_size": list(self.size), "resize": "bicubic", "normalize": "clip", "max_tokens": self.max_tokens}
+
+    def _transform(self, flip: bool):
+        from torchvision import transforms as T
+
+        steps = [T.Resize(self.size, interpolation=T.InterpolationMode.BICUBIC)]
+        steps += [T.RandomHorizontalFlip()] if flip else []
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+
+    def image_transform(self):
+        return self._transform(flip=False)
+
+    def train_image_transform(self):
+        return self._transform(flip=True)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        full = self.tokenizer(captions, padding=True, truncation=False, return_tensors="pt")
+        truncated = full["attention_mask"].sum(1) > self.max_tokens
+        ids, mask = full["input_ids"][:, : self.max_tokens].clone(), full["attention_mask"][:, : self.max_tokens]
+        # a cut caption keeps its end-of-text token: CLIP pools the text at that position
+        ids[truncated, -1] = self.tokenizer.eos_token_id
+        return {"input_ids": ids, "attention_mask": mask, "truncated": truncated}
+
+    def encode_images(self, batch):
+        return _features(self.model.get_image_features(pixel_values=batch["pixels"], interpolate_pos_encoding=True))
+
+    def encode_texts(self, batch):
+        tokens = batch["tokens"]
+        return _features(
+            self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        )
+
+    # -- fine-tuning
+    def default_training_config(self) -> dict[str, Any]:
+        return dict(SCHEDULE)
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split) -> None:
+        """Identity-level losses need no classifier: nothing to build."""
+
+    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [
+            {
+                "params": params,
+                "lr": config["lr"] * config["backbone_lr_factor"],
+                "weight_decay": config["backbone_weight_decay"],
+            }
+        ]
+
+    def training_losses(self, batch) -> dict[str, torch.Tensor]:
+        image, text = self.encode_images(batch), self.encode_texts(batch)
+        function = sdm_loss if self.loss_name == "sdm" else infonce_loss
+        loss = function(image, text, batch["labels"], self.temperature)
+        return {self.loss_name: loss, "total": loss}
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+    def load_training_state(self, state) -> None:
+        self.model.load_state_dict(dict(state))
+
+    def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
+        with atomic_dir(folder) as tmp:
+            self.model.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+            (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))

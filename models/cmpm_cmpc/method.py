@@ -1,0 +1,214 @@
+"""CMPM + CMPC: global image and text embeddings, trained with the identity-matching losses.
+
+Image: a torchvision ResNet (50 by default), average-pooled, then a linear projection. Text: word
+embeddings over a vocabulary built from the training captions (words seen at least ``min_count``
+times; others map to an unknown token), a bidirectional LSTM, max-pooled over the words, then a
+linear projection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tbps_bench.errors import BenchError
+from tbps_bench.fileio import atomic_dir
+from tbps_bench.methods import Method
+from tbps_models.losses import cmpc_loss, cmpm_loss
+
+WORD = re.compile(r"[a-z0-9]+")
+PAD, UNKNOWN = "<pad>", "<unk>"
+SCHEDULE = {
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 2e-4,
+    "backbone_lr_factor": 0.1,
+    "backbone_weight_decay": 4e-5,
+    "warmup_epochs": 0,
+    "warmup_factor": 1.0,
+    "milestones": [20],
+    "gamma": 0.1,
+}
+
+
+def words(caption: str) -> list[str]:
+    return WORD.findall(caption.lower())
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocabulary: int, embedding: int, hidden: int, out: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, embedding, padding_idx=0)
+        self.lstm = nn.LSTM(embedding, hidden, batch_first=True, bidirectional=True)
+        self.projection = nn.Linear(2 * hidden, out)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding(ids), lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        output, _ = self.lstm(packed)
+        output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
+        return self.projection(output.max(dim=1).values)
+
+
+class CmpmCmpcMethod(Method):
+    """Options: ``trunk`` (resnet18/34/50), ``trunk_weights`` (torchvision state dict), ``dim`` (512),
+    ``min_count`` (2), ``image_height`` / ``image_width`` (384 x 128)."""
+
+    name = "cmpm-cmpc"
+    trainable = True
+
+    def __init__(
+        self,
+        trunk: str = "resnet50",
+        trunk_weights: str | None = None,
+        dim: int = 512,
+        min_count: int = 2,
+        image_height: int = 384,
+        image_width: int = 128,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        import torchvision
+
+        if trunk not in ("resnet18", "resnet34", "resnet50"):
+            raise BenchError(f"cmpm-cmpc trunk must be resnet18, resnet34 or resnet50; got {trunk!r}")
+        self.settings = {
+            "trunk": trunk,
+            "dim": int(dim),
+            "min_count": int(min_count),
+            "size": [image_height, image_width],
+        }
+        stored = self._read_checkpoint() if self.checkpoint else None
+        if stored is not None:
+            self.settings = stored["settings"]
+        trunk_model = getattr(torchvision.models, self.settings["trunk"])(weights=None)
+        if trunk_weights and stored is None:
+            if not Path(trunk_weights).is_file():
+                raise BenchError(f"trunk weights file {trunk_weights} does not exist")
+            state = torch.load(trunk_weights, map_location="cpu", weights_only=True)
+            trunk_model.load_state_dict(state)
+        channels = trunk_model.fc.in_features
+        trunk_model.fc = nn.Identity()
+        self.image_trunk = trunk_model
+        self.image_projection = nn.Linear(channels, self.settings["dim"])
+        self.vocabulary = stored["vocabulary"] if stored else [PAD, UNKNOWN]
+        self._build_text()
+        self.classifier: nn.Parameter | None = None
+        if stored is not None:
+            tensors = load_file(str(Path(self.checkpoint) / "model.safetensors"))
+            self._load_tensors(tensors)
+            self.training_record = stored.get("meta") or None
+
+    def _build_text(self) -> None:
+        self.index = {word: i for i, word in enumerate(self.vocabulary)}
+        self.text_encoder = TextEncoder(len(self.vocabulary), 300, 512, self.settings["dim"])
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        folder = Path(self.checkpoint)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise BenchError(f"{folder} is not a cmpm-cmpc checkpoint: expected config.json and model.safetensors")
+        return json.loads((folder / "config.json").read_text())
+
+    def arguments(self) -> dict[str, Any]:
+        return {k: v for k, v in self.settings.items() if k != "size"}
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"image_size": self.settings["size"], "normalize": "imagenet", "vocabulary": len(self.vocabulary)}
+
+    def _transform(self, flip: bool):
+        from torchvision import transforms as T
+
+        steps = [T.Resize(tuple(self.settings["size"]))] + ([T.RandomHorizontalFlip()] if flip else [])
+        return T.Compose([*steps, T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    def image_transform(self):
+        return self._transform(flip=False)
+
+    def train_image_transform(self):
+        return self._transform(flip=True)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        rows = [[self.index.get(w, 1) for w in words(c)] or [1] for c in captions]
+        ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return {"ids": ids, "lengths": torch.tensor([len(r) for r in rows])}
+
+    def encode_images(self, batch):
+        return self.image_projection(self.image_trunk(batch["pixels"]))
+
+    def encode_texts(self, batch):
+        return self.text_encoder(batch["tokens"]["ids"], batch["tokens"]["lengths"])
+
+    # -- training
+    def default_training_config(self) -> dict[str, Any]:
+        return dict(SCHEDULE)
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split) -> None:
+        counts = Counter(w for caption in train_split.captions for w in words(caption))
+        kept = sorted(w for w, n in counts.items() if n >= self.settings["min_count"])
+        self.vocabulary = [PAD, UNKNOWN, *kept]
+        self._build_text()
+        self.text_encoder.to(self.device)
+        self.classifier = nn.Parameter(torch.empty(self.settings["dim"], num_classes, device=self.device))
+        nn.init.xavier_uniform_(self.classifier)
+
+    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        heads = [*self.image_projection.parameters(), *self.text_encoder.parameters(), self.classifier]
+        low = config["lr"] * config["backbone_lr_factor"]
+        return [
+            {"params": list(self.image_trunk.parameters()), "lr": low, "weight_decay": config["backbone_weight_decay"]},
+            {"params": heads, "lr": config["lr"], "weight_decay": 0.0},
+        ]
+
+    def training_losses(self, batch) -> dict[str, torch.Tensor]:
+        image, text = self.encode_images(batch), self.encode_texts(batch)
+        terms = {
+            "cmpm": cmpm_loss(image, text, batch["labels"]),
+            "cmpc": cmpc_loss(image, text, batch["labels"], self.classifier),
+        }
+        return {**terms, "total": terms["cmpm"] + terms["cmpc"]}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for prefix, module in (
+            ("image_trunk", self.image_trunk),
+            ("image_projection", self.image_projection),
+            ("text_encoder", self.text_encoder),
+        ):
+            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        if self.classifier is not None:
+            tensors["classifier"] = self.classifier.detach()
+        return tensors
+
+    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for prefix, module in (
+            ("image_trunk", self.image_trunk),
+            ("image_projection", self.image_projection),
+            ("text_encoder", self.text_encoder),
+        ):
+            module.load_state_dict({k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+        if "classifier" in tensors and self.classifier is not None:
+            self.classifier.data.copy_(tensors["classifier"])
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        return self._tensors()
+
+    def load_training_state(self, state) -> None:
+        self._load_tensors(dict(state))
+
+    def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
+        with atomic_dir(folder) as tmp:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in self._tensors().items()}, str(tmp / "model.safetensors")
+            )
+            stored = {"settings": self.settings, "vocabulary": self.vocabulary, "meta": record}
+            (tmp / "config.json").write_text(json.dumps(stored, indent=1))

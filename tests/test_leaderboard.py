@@ -1,0 +1,132 @@
+"""Leaderboards: grouping, statistics, reported rows, determinism, --check and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tbps_bench.cli import main
+from tbps_bench.leaderboard.runs import load_runs
+from tbps_bench.metrics import evaluate_scores
+from tbps_bench.results import build_result, write_result
+
+REPORTED = """
+[[rows]]
+method = "Paper method"
+venue = "CVPR 2099"
+reproduced_by = "mine"
+citation = "Somebody et al., Table 1"
+t2i = { R1 = 40.0, R5 = 60.0 }
+"""
+
+
+def _result(out: Path, method: str, seed: int, *, dataset="toy", trained_on=None, limit=None, dirty=False, noise=1.0):
+    """A real result file from scores with an id structure, as the harness writes it."""
+    generator = torch.Generator().manual_seed(seed)
+    image_ids, text_ids = torch.arange(20) // 2, torch.arange(40) // 4
+    scores = (text_ids[:, None] == image_ids[None, :]).float() + noise * torch.randn(40, 20, generator=generator)
+    retrieval = evaluate_scores(scores, text_ids, image_ids)
+    result = build_result(
+        run_id=f"2026{seed:04d}-{method}",
+        method={"name": method, "arguments": {"seed": seed}, "trained_on": trained_on, "checkpoint": None},
+        dataset={"name": dataset, "split": "test", "limit": limit},
+        retrieval=retrieval,
+        scoring="cosine",
+        timings={},
+        provenance={"package_version": "0.1.0", "git": {"commit": "abcdef0123", "dirty": dirty}, "seed": seed},
+        partial=limit is not None,
+        protocol_extra={"rerank": "none"},
+    )
+    return write_result(out, result)
+
+
+@pytest.fixture
+def results(tmp_path):
+    out = tmp_path / "results"
+    for seed in (1, 2, 3):
+        _result(out, "mine", seed)
+    _result(out, "other", 1, noise=3.0, dirty=True)
+    _result(out, "mine", 9, dataset="toy2", trained_on="toy")  # cross-domain on toy2
+    _result(out, "mine", 7, limit=5)  # partial: left out
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "toy.toml").write_text(REPORTED)
+    return out, reported
+
+
+def _build(tmp_path, results, *extra):
+    out, reported = results
+    args = ["leaderboard", "build", "--results", str(out), "--out", str(tmp_path / "lb"), "--reported", str(reported)]
+    return main([*args, *extra])
+
+
+def test_runs_are_grouped_and_aggregated(results):
+    configs, left_out = load_runs(results[0], skip_invalid=False)
+    assert left_out == {"partial": 1, "invalid": 0}
+    mine = next(c for c in configs if c.method == "mine" and c.dataset == "toy")
+    assert len(mine.runs) == 3  # seeds are runs of one configuration
+    values = [run["metrics"]["t2i"]["R1"] for run in mine.runs]
+    mean, std = mine.metric("t2i", "R1")
+    assert mean == pytest.approx(sum(values) / 3)
+    assert std == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 2))
+    low, high = mine.recall_at_1_interval("t2i")
+    assert low <= mean <= high and 0 <= low < high <= 100
+    assert mine.cmc("t2i")[0] == pytest.approx(mean) and mine.cmc("t2i")[-1] == 100.0
+
+
+def test_pages_tables_and_marks(tmp_path, results):
+    assert _build(tmp_path, results) == 0
+    page = (tmp_path / "lb" / "toy.md").read_text()
+    assert "### Text-to-image, in-domain" in page and "### Image-to-text, in-domain" in page
+    assert "*Paper method* (CVPR 2099) *reported*" in page and "*Somebody et al., Table 1*" in page
+    mine_line = next(line for line in page.splitlines() if line.startswith("| mine |"))
+    mean = float(mine_line.split("|")[2].split("±")[0])
+    assert f"{mean - 40.0:+.2f} vs Paper method" in mine_line
+    assert "| 3 |" in mine_line
+    assert "| other † |" in page  # dirty checkout marked
+    cross = (tmp_path / "lb" / "toy2.md").read_text()
+    assert "cross-domain" in cross and "in-domain" not in cross.split("## test")[1]
+    assert (tmp_path / "lb" / "toy-test-t2i-cmc.png").stat().st_size > 1000
+    assert "[toy](toy.md)" in (tmp_path / "lb" / "README.md").read_text()
+    # t2i rows sorted by R@1, descending
+    order = [
+        float(line.split("|")[2].split("±")[0])
+        for line in page.split("### Image-to-text")[0].splitlines()
+        if line.startswith("| ") and "---" not in line and "method" not in line
+    ]
+    assert order == sorted(order, reverse=True)
+
+
+def test_build_is_deterministic_and_check_detects_staleness(tmp_path, results, capsys):
+    assert _build(tmp_path, results) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "lb").iterdir() if p.is_file()}
+    assert _build(tmp_path, results) == 0
+    assert first == {p.name: p.read_bytes() for p in (tmp_path / "lb").iterdir() if p.is_file()}
+    assert _build(tmp_path, results, "--check") == 0
+    _result(results[0], "newcomer", 1)
+    assert _build(tmp_path, results, "--check") == 1
+    assert "stale leaderboard files" in capsys.readouterr().err
+    assert (tmp_path / "lb" / "toy.md").read_bytes() == first["toy.md"]  # --check writes nothing
+
+
+def test_invalid_result_files(tmp_path, results, capsys):
+    bad = results[0] / "toy" / "mine" / "broken.json"
+    data = json.loads(next((results[0] / "toy" / "mine").glob("*.json")).read_text())
+    data["metrics"]["t2i"]["R1"] = 140.0
+    bad.write_text(json.dumps(data))
+    assert _build(tmp_path, results) == 2
+    err = capsys.readouterr().err
+    assert "broken.json" in err and "metrics.t2i.R1" in err and "--skip-invalid" in err
+    assert not (tmp_path / "lb").exists() or not list((tmp_path / "lb").glob("*.md"))
+    assert _build(tmp_path, results, "--skip-invalid") == 0
+    assert "skipped:" in capsys.readouterr().err
+
+
+def test_reported_rows_need_a_citation(tmp_path, results, capsys):
+    (results[1] / "toy.toml").write_text('[[rows]]\nmethod = "X"\nt2i = { R1 = 1.0 }\n')
+    assert _build(tmp_path, results) == 2
+    assert "'citation' is required" in capsys.readouterr().err
