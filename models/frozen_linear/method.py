@@ -55,6 +55,7 @@ class FrozenLinearMethod(Method):
         if not (Path(folder) / "config.json").is_file():
             raise BenchError(f"text encoder folder {folder} has no config.json")
         self.text_folder = Path(folder)
+        self.text_name = self.text_folder.name if text_encoder else "all-MiniLM-L6-v2"
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.text_encoder = AutoModel.from_pretrained(folder, local_files_only=True)
         self.image_weights = str(Path(image_weights).resolve()) if image_weights else "packaged"
@@ -66,7 +67,7 @@ class FrozenLinearMethod(Method):
             self._load(Path(self.checkpoint))
 
     def arguments(self) -> dict[str, Any]:
-        return {"dim": self.dim, "text_encoder": self.text_folder.name}
+        return {"dim": self.dim, "text_encoder": self.text_name}
 
     def encoder_arguments(self) -> dict[str, Any]:
         return {"text_encoder": str(self.text_folder.resolve()), "image_weights": self.image_weights}
@@ -75,7 +76,7 @@ class FrozenLinearMethod(Method):
         return {
             "image_size": list(IMAGE_SIZE),
             "normalize": "imagenet",
-            "tokenizer": self.text_folder.name,
+            "tokenizer": self.text_name,
             "max_tokens": MAX_TOKENS,
         }
 
