@@ -306,3 +306,44 @@ def test_shortlist_ranks_scored_pairs_first():
         scored = sorted(chosen, key=lambda i: -float(full[t, i]))
         rest = sorted(set(range(9)) - chosen, key=lambda i: -float(global_scores[t, i]))
         assert got[t].argsort(descending=True).tolist() == scored + rest
+
+
+# ----------------------------------------------------------------------------- local weights only
+
+
+def test_text_encoder_from_a_populated_hugging_face_cache(tmp_path, monkeypatch, tiny_bert):
+    from huggingface_hub import constants
+
+    from tbps_models.local_weights import resolve_text_encoder
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-bert" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "vocab.txt"):
+        (snapshot / name).write_bytes((tiny_bert / name).read_bytes())
+    refs = tmp_path / "hub" / "models--someone--tiny-bert" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_text_encoder("someone/tiny-bert") == snapshot
+    model = Nafs(tiny_config(tiny_bert, text_encoder="someone/tiny-bert"))
+    assert model.config.text_encoder == str(snapshot)
+    with pytest.raises(BenchError, match=r"neither a folder nor a model in the Hugging Face cache .*hub"):
+        resolve_text_encoder("someone/absent")
+
+
+def test_trunk_weights_from_the_torch_hub_cache(tmp_path, monkeypatch, tiny_bert):
+    import torchvision
+
+    from tbps_models.local_weights import resolve_trunk_weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    with pytest.raises(BenchError, match=r"no resnet18-\*\.pth in the torch hub cache"):
+        resolve_trunk_weights("imagenet", "resnet18")
+    reference = torchvision.models.resnet18(weights=None)
+    (tmp_path / "torch-hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "torch-hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = Nafs(tiny_config(tiny_bert, trunk_weights="imagenet"))
+    assert torch.equal(model.image_model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.image_model.branch3_layer4[0].conv1.weight, reference.layer4[0].conv1.weight)
+    with pytest.raises(BenchError, match="does not exist; expected a torchvision resnet18 state dict"):
+        resolve_trunk_weights(tmp_path / "absent.pth", "resnet18")

@@ -21,6 +21,7 @@ from torch import nn
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method
+from tbps_models.local_weights import resolve_trunk_weights
 from tbps_models.losses import cmpc_loss, cmpm_loss
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -91,9 +92,7 @@ class CmpmCmpcMethod(Method):
             self.settings = stored["settings"]
         trunk_model = getattr(torchvision.models, self.settings["trunk"])(weights=None)
         if trunk_weights and stored is None:
-            if not Path(trunk_weights).is_file():
-                raise BenchError(f"trunk weights file {trunk_weights} does not exist")
-            state = torch.load(trunk_weights, map_location="cpu", weights_only=True)
+            state = torch.load(resolve_trunk_weights(trunk_weights, trunk), map_location="cpu", weights_only=True)
             trunk_model.load_state_dict(state)
         channels = trunk_model.fc.in_features
         trunk_model.fc = nn.Identity()

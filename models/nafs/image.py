@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from tbps_bench.errors import BenchError
+from tbps_models.local_weights import resolve_trunk_weights
 
 
 def _last_stride_one(layer: nn.Sequential) -> None:
@@ -42,9 +42,7 @@ class StaircaseImageNet(nn.Module):
 
         base = getattr(torchvision.models, trunk)(weights=None)
         if weights is not None:
-            path = Path(weights)
-            if not path.is_file():
-                raise BenchError(f"trunk weights file {path} does not exist; expected a torchvision {trunk} state dict")
+            path = resolve_trunk_weights(weights, trunk)
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = base.load_state_dict(state, strict=False)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from tbps_bench.errors import BenchError
+from tbps_models.local_weights import resolve_text_encoder
 from tbps_models.nafs.config import NafsConfig
 from tbps_models.nafs.image import StaircaseImageNet
 from tbps_models.nafs.scoring import local_similarity
@@ -29,6 +30,7 @@ class Nafs(nn.Module):
         super().__init__()
         if config.text_encoder is None:
             raise BenchError("NAFS needs a text encoder folder (config.json + vocab.txt): set text_encoder")
+        config.text_encoder = str(resolve_text_encoder(config.text_encoder))
         self.config = config
         self.image_model = StaircaseImageNet(config.trunk, config.part2, config.part3, config.trunk_weights)
         self.language_model = TextExtractor(load_bert(config.text_encoder, config.text_encoder_pretrained))
