@@ -36,8 +36,22 @@ def git_state() -> dict[str, Any]:
         )
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
+        # generated pages and result files (leaderboards/) are outputs, not code: they do not make a run dirty
+        top = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         status = subprocess.run(
-            ["git", "-C", str(package_dir), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                top or str(package_dir),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!leaderboards",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
