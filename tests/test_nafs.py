@@ -249,7 +249,10 @@ def test_text_encoder_folder_without_vocab_or_config(tiny_bert, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY_BERT))
     with pytest.raises(BenchError, match="has no vocab.txt"):
         NafsTokenizer(tmp_path)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match="has no config.json"):
+        Nafs(tiny_config(tiny_bert, text_encoder=str(tmp_path / "empty")))
+    with pytest.raises(BenchError, match="neither a folder nor a model in the Hugging Face cache"):
         Nafs(tiny_config(tiny_bert, text_encoder=str(tmp_path / "missing")))
     with pytest.raises(BenchError, match="no model.safetensors"):
         Nafs(tiny_config(tiny_bert, text_encoder_pretrained=True))
