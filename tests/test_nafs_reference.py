@@ -121,3 +121,20 @@ def test_an_off_by_one_length_would_be_caught(model_outputs, reference):
         out["tokens"]["length"] - 1,
     )
     assert relative_to_max(out["sim_global"] + shorter, reference["sim_total"]) > 1e-3
+
+
+def test_the_benchmark_baseline_computes_both_released_directions(model_outputs, reference):
+    """The per-text loop the speed benchmark compares with is the released computation, both ways."""
+    from tbps_models.nafs.scoring import local_similarity_official_loop
+
+    out = model_outputs["identity_perm"]
+    image_to_text, text_to_image = local_similarity_official_loop(
+        out["local_img_query"],
+        out["local_img_value"],
+        out["local_text_key"],
+        out["local_text_value"],
+        out["tokens"]["length"],
+        text_to_image=True,
+    )
+    assert relative_to_max(image_to_text, reference["sim_local_i2t"]) <= 1e-4
+    assert relative_to_max(text_to_image, reference["sim_local_t2i_unused"]) <= 1e-4

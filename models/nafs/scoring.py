@@ -149,18 +149,6 @@ def local_similarity_candidates(
     return out
 
 
-def _attend(query: torch.Tensor, context: torch.Tensor, lambda_softmax: float) -> torch.Tensor:
-    """One attention direction in the released layout: query attends over context (batched)."""
-    weights = torch.bmm(context, _l2norm(query).transpose(1, 2))  # batch x context x query
-    weights = F.leaky_relu(weights, LEAKY_SLOPE)
-    weights = weights / (weights.norm(dim=2, keepdim=True) + EPS)
-    weights = weights.transpose(1, 2).contiguous()  # batch x query x context
-    batch, queries, contexts = weights.shape
-    weights = torch.softmax(weights.view(batch * queries, contexts) * lambda_softmax, dim=1).view(batch, queries, -1)
-    attended = torch.bmm(context.transpose(1, 2), weights.transpose(1, 2).contiguous())  # batch x d x query
-    return _l2norm(attended.transpose(1, 2))
-
-
 def local_similarity_official_loop(
     queries: torch.Tensor,
     values: torch.Tensor,
@@ -168,23 +156,29 @@ def local_similarity_official_loop(
     text_values: torch.Tensor,
     lengths: torch.Tensor,
     lambda_softmax: float = 20.0,
-) -> torch.Tensor:
+    text_to_image: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The released evaluation's shape of computation, kept as the benchmark's baseline: a Python
     loop over texts; each text is repeated for every image and attended in both directions, each
-    direction with its own products and layout copies (text-to-image is computed and discarded)."""
+    direction with its own products and layout copies. The text-to-image direction (words attend
+    over regions; the release computes it and discards it) is returned too with ``text_to_image``."""
     n_images = queries.shape[0]
     out = torch.empty(n_images, keys.shape[0], dtype=queries.dtype)
+    discarded = torch.empty_like(out)
+    query_unit = _l2norm(queries)
     for j, n in enumerate(lengths.clamp(max=keys.shape[1]).tolist()):
         key = _l2norm(keys[j, :n]).repeat(n_images, 1, 1)
         text_value = text_values[j, :n].repeat(n_images, 1, 1)
         # image-to-text: each region attends over the words (the score)
-        weights = torch.bmm(key, _l2norm(queries).transpose(1, 2))  # images x words x regions
-        weights = F.leaky_relu(weights, LEAKY_SLOPE)
+        weights = F.leaky_relu(torch.bmm(key, query_unit.transpose(1, 2)), LEAKY_SLOPE)  # images x words x regions
         weights = weights / (weights.norm(dim=2, keepdim=True) + EPS)
         weights = torch.softmax(weights.transpose(1, 2).contiguous() * lambda_softmax, dim=2)
         attended = _l2norm(torch.bmm(text_value.transpose(1, 2), weights.transpose(1, 2).contiguous()).transpose(1, 2))
         out[:, j] = F.cosine_similarity(values, attended, dim=2, eps=EPS).mean(1)
-        # text-to-image: each word attends over the regions (discarded)
-        attended_image = _attend(key, values, lambda_softmax)
-        F.cosine_similarity(text_value, attended_image, dim=2, eps=EPS).mean(1)
-    return out
+        # text-to-image: each word attends over the regions
+        weights = F.leaky_relu(torch.bmm(key, query_unit.transpose(1, 2)), LEAKY_SLOPE)
+        weights = weights / (weights.norm(dim=1, keepdim=True) + EPS)  # across words
+        weights = torch.softmax(weights * lambda_softmax, dim=2)
+        attended_image = _l2norm(torch.bmm(weights, values))  # images x words x d
+        discarded[:, j] = F.cosine_similarity(text_value, attended_image, dim=2, eps=EPS).mean(1)
+    return (out, discarded) if text_to_image else out
