@@ -46,7 +46,6 @@ def tiny_config(folder, **changes) -> NafsConfig:
         "max_length": 24,
         "text_encoder": str(folder),
         "text_encoder_pretrained": False,
-        "num_classes": 7,
     }
     return NafsConfig(**{**values, **changes})
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tbps_bench.errors import BenchError
@@ -16,7 +14,7 @@ TRUNKS = ("resnet18", "resnet34", "resnet50")
 @dataclass
 class NafsConfig:
     trunk: str = "resnet50"
-    #: a torchvision state dict file for the trunk (ImageNet weights); None = random initialisation
+    #: a torchvision state dict file, or "imagenet" (from the torch hub cache); None = random initialisation
     trunk_weights: str | None = None
     image_height: int = 384
     image_width: int = 128
@@ -34,8 +32,6 @@ class NafsConfig:
     sub_sentences: int = 2
     lambda_softmax: float = 20.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"cmpm": 1.0, "cmpc": 1.0, "cont": 0.1})
-    num_classes: int = 11003
-    epsilon: float = 1e-8
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
@@ -47,10 +43,6 @@ class NafsConfig:
         unknown = set(self.loss_weights) - {"cmpm", "cmpc", "cont"}
         if unknown:
             raise BenchError(f"unknown NAFS loss weights {sorted(unknown)}; expected cmpm, cmpc, cont")
-
-    @property
-    def regions(self) -> int:
-        return 1 + self.part2 + self.part3
 
     @property
     def text_elements(self) -> int:
@@ -67,11 +59,3 @@ class NafsConfig:
         if unknown:
             raise BenchError(f"{where}: unknown NAFS config keys {unknown}; known keys: {sorted(known)}")
         return cls(**values)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> NafsConfig:
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise BenchError(f"cannot read NAFS config {path}: {exc}") from exc
-        return cls.from_dict(values, str(path))
