@@ -24,7 +24,18 @@ t2i = { R1 = 40.0, R5 = 60.0 }
 """
 
 
-def _result(out: Path, method: str, seed: int, *, dataset="toy", trained_on=None, limit=None, dirty=False, noise=1.0):
+def _result(
+    out: Path,
+    method: str,
+    seed: int,
+    *,
+    dataset="toy",
+    trained_on=None,
+    limit=None,
+    dirty=False,
+    noise=1.0,
+    training=None,
+):
     """A real result file from scores with an id structure, as the harness writes it."""
     generator = torch.Generator().manual_seed(seed)
     image_ids, text_ids = torch.arange(20) // 2, torch.arange(40) // 4
@@ -32,7 +43,13 @@ def _result(out: Path, method: str, seed: int, *, dataset="toy", trained_on=None
     retrieval = evaluate_scores(scores, text_ids, image_ids)
     result = build_result(
         run_id=f"2026{seed:04d}-{method}",
-        method={"name": method, "arguments": {"seed": seed}, "trained_on": trained_on, "checkpoint": None},
+        method={
+            "name": method,
+            "arguments": {"seed": seed} if training is None else {},
+            "trained_on": trained_on,
+            "checkpoint": None if training is None else {"file": "best", "sha256": f"{seed:08d}" + "ab" * 28},
+            "training": training,
+        },
         dataset={"name": dataset, "split": "test", "limit": limit},
         retrieval=retrieval,
         scoring="cosine",
@@ -130,3 +147,15 @@ def test_reported_rows_need_a_citation(tmp_path, results, capsys):
     (results[1] / "toy.toml").write_text('[[rows]]\nmethod = "X"\nt2i = { R1 = 1.0 }\n')
     assert _build(tmp_path, results) == 2
     assert "'citation' is required" in capsys.readouterr().err
+
+
+def test_training_seeds_are_runs_of_one_configuration(tmp_path):
+    out = tmp_path / "results"
+    schedule = {"dataset": "toy", "selected_on": "val", "schedule": {"epochs": 3}}
+    for seed in (1, 2):
+        _result(out, "trained", seed, trained_on="toy", training={**schedule, "seed": seed, "epoch": 1 + seed})
+    _result(out, "trained", 3, trained_on="toy", training={**schedule, "schedule": {"epochs": 9}, "seed": 3})
+    configs, _ = load_runs(out, skip_invalid=False)
+    assert sorted(len(c.runs) for c in configs) == [1, 2]
+    pair = next(c for c in configs if len(c.runs) == 2)
+    assert pair.checkpoints() == ["00000001", "00000002"]

@@ -46,7 +46,9 @@ def _our_row(config: Configuration, direction: str, reported: list[ReportedRow])
     trained = config.trained_on or "—"
     if config.selected_on == "test":
         trained += " (selected on test)"
-    cells += [str(len(config.runs)), trained, f"`{config.checkpoint}`" if config.checkpoint else "—"]
+    hashes = config.checkpoints()
+    shown = ", ".join(f"`{h}`" for h in hashes) if len(hashes) <= 3 else f"{len(hashes)} checkpoints"
+    cells += [str(len(config.runs)), trained, shown or "—"]
     cells += [config.rerank, config.tie_policy, config.versions(), "this project"]
     return r1, "| " + " | ".join(cells) + " |"
 

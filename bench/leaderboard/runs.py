@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tbps_bench.errors import BenchError
+from tbps_bench.fileio import sha256_json
 from tbps_bench.results import METRIC_NAMES, load_result
 
 #: arguments that distinguish runs of one configuration rather than configurations
@@ -21,13 +22,15 @@ BOOTSTRAP_SEED = 20210108
 
 @dataclass
 class Configuration:
-    """Every run of one (method, arguments, checkpoint, protocol) on one dataset split."""
+    """Every run of one (method, arguments, weights, protocol) on one dataset split.
+
+    Weights are the checkpoint for a downloaded model, and the training configuration for one trained
+    here: the checkpoints of several training seeds are runs of one configuration."""
 
     dataset: str
     split: str
     method: str
     label: str
-    checkpoint: str
     trained_on: str | None
     selected_on: str | None
     rerank: str
@@ -65,6 +68,11 @@ class Configuration:
         low, high = torch.quantile(estimates, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         return low, high
 
+    def checkpoints(self) -> list[str]:
+        """Short hashes of the runs' checkpoints (several when training seeds differ)."""
+        hashes = {((run["method"].get("checkpoint") or {}).get("sha256") or "")[:8] for run in self.runs}
+        return sorted(h for h in hashes if h)
+
     def versions(self) -> str:
         """tbps-bench version and short commit(s) of the runs."""
         seen = set()
@@ -77,7 +85,12 @@ class Configuration:
 def _configuration_key(result: dict[str, Any]) -> tuple:
     method = result["method"]
     arguments = {k: v for k, v in (method.get("arguments") or {}).items() if k not in RUN_ARGUMENTS}
-    checkpoint = (method.get("checkpoint") or {}).get("sha256") or ""
+    training = method.get("training")
+    if training:
+        # seeds and the epoch the selection picked vary between runs of one training configuration
+        weights = sha256_json({k: v for k, v in training.items() if k not in ("seed", "epoch")})
+    else:
+        weights = (method.get("checkpoint") or {}).get("sha256") or ""
     protocol = result["protocol"]
     extra = {k: protocol.get(k) for k in ("rerank", "shortlist_k", "score_dtype", "amp")}
     return (
@@ -85,7 +98,7 @@ def _configuration_key(result: dict[str, Any]) -> tuple:
         result["dataset"]["split"],
         method["name"],
         repr(sorted(arguments.items())),
-        checkpoint,
+        weights,
         method.get("trained_on"),
         repr(sorted(extra.items())),
         protocol.get("tie_policy"),
@@ -136,7 +149,6 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
                 split=result["dataset"]["split"],
                 method=method["name"],
                 label=_label(result),
-                checkpoint=((method.get("checkpoint") or {}).get("sha256") or "")[:8],
                 trained_on=method.get("trained_on"),
                 selected_on=training.get("selected_on"),
                 rerank=result["protocol"].get("rerank") or "none",
