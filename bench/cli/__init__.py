@@ -1,4 +1,5 @@
-"""``tbps-bench``: list plugins, evaluate methods x datasets, score external results, check data."""
+"""``tbps-bench``: the demo, plugins, evaluation (methods x datasets), training, external scores, data checks
+and leaderboards."""
 
 from __future__ import annotations
 
