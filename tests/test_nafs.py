@@ -349,3 +349,20 @@ def test_trunk_weights_from_the_torch_hub_cache(tmp_path, monkeypatch, tiny_bert
     assert torch.equal(model.image_model.branch3_layer4[0].conv1.weight, reference.layer4[0].conv1.weight)
     with pytest.raises(BenchError, match="does not exist; expected a torchvision resnet18 state dict"):
         resolve_trunk_weights(tmp_path / "absent.pth", "resnet18")
+
+
+def test_config_file_overrides_a_preset(tmp_path):
+    from tbps_models.nafs.method import NafsMethod
+
+    path = tmp_path / "my-nafs.json"
+    path.write_text(json.dumps({"base": "nafs-tiny", "model": {"part2": 2, "max_length": 24}, "train": {"epochs": 1}}))
+    method = NafsMethod(config=str(path))
+    assert method.model.config.part2 == 2 and method.model.fc_p2_list_query.__len__() == 2
+    assert method.default_training_config()["epochs"] == 1
+    assert method.default_training_config()["batch_size"] == 32  # from the nafs-tiny preset
+    path.write_text(json.dumps({"model": {"stripes": 4}}))
+    with pytest.raises(BenchError, match=r"unknown NAFS config keys \['stripes'\]"):
+        NafsMethod(config=str(path))
+    path.write_text(json.dumps({"schedule": {}}))
+    with pytest.raises(BenchError, match="unexpected top-level keys"):
+        NafsMethod(config=str(path))
