@@ -113,7 +113,13 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     train_split = load_eval_split(dataset_name, options.data_root, "train")
     select_split = None
     if options.select_on != "last":
-        select_split = load_eval_split(dataset_name, options.data_root, options.select_on)
+        try:
+            select_split = load_eval_split(dataset_name, options.data_root, options.select_on)
+        except BenchError as exc:
+            raise BenchError(
+                f"{exc}; choose the checkpoint with --select-on last (the final epoch) or --select-on test "
+                "(recorded in every result)"
+            ) from exc
     pids = sorted(set(train_split.caption_pids.tolist()))
     label_of = {pid: label for label, pid in enumerate(pids)}
     labels = torch.tensor([label_of[p] for p in train_split.caption_pids.tolist()])

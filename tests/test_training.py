@@ -69,3 +69,22 @@ def test_untrainable_method_and_bad_flags(tmp_path, capsys):
     assert "cannot be trained" in capsys.readouterr().err
     assert main([*SMOKE, "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_dataset_without_val_split_suggests_a_selection(tmp_path, capsys):
+    records = [
+        {"split": split, "id": pid, "file_path": f"{pid}_{shot}.jpg", "captions": ["a man in a red coat"] * 2}
+        for split, pids in (("train", (1, 2)), ("test", (3,)))
+        for pid in pids
+        for shot in range(2)
+    ]
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for record in records:
+        Image.new("RGB", (32, 64), 120).save(tmp_path / "imgs" / record["file_path"])
+    (tmp_path / "ICFG-PEDES.json").write_text(json.dumps(records))
+    args = ["train", "-m", "nafs-tiny", "-d", "icfg-pedes", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no 'val' split" in err and "--select-on last" in err
