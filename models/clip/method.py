@@ -42,7 +42,8 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def identity_targets(labels: torch.Tensor) -> torch.Tensor:
+def identity_distribution(labels: torch.Tensor) -> torch.Tensor:
+    """Each row sums to 1 over the same-identity items (L1; CMPM's target is L2-normalised)."""
     same = (labels[:, None] == labels[None, :]).float()
     return same / same.sum(1, keepdim=True)
 
@@ -50,14 +51,14 @@ def identity_targets(labels: torch.Tensor) -> torch.Tensor:
 def sdm_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(sim / t) || identity distribution), both directions."""
     sim = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
-    target = identity_targets(labels)
+    target = identity_distribution(labels)
     return matching_kl(sim, target, 1e-8) + matching_kl(sim.T, target, 1e-8)
 
 
 def infonce_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy towards every same-identity item of the batch, both directions."""
     sim = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
-    target = identity_targets(labels)
+    target = identity_distribution(labels)
     return -(target * F.log_softmax(sim, dim=1)).sum(1).mean() - (target * F.log_softmax(sim.T, dim=1)).sum(1).mean()
 
 
