@@ -19,6 +19,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method
 from tbps_models.losses import matching_kl
+from tbps_models.transforms import person_image_transform
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -117,18 +118,11 @@ class ClipMethod(Method):
     def preprocessing(self) -> dict[str, Any]:
         return {"image_size": list(self.size), "resize": "bicubic", "normalize": "clip", "max_tokens": self.max_tokens}
 
-    def _transform(self, flip: bool):
-        from torchvision import transforms as T
-
-        steps = [T.Resize(self.size, interpolation=T.InterpolationMode.BICUBIC)]
-        steps += [T.RandomHorizontalFlip()] if flip else []
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
-
-    def image_transform(self):
-        return self._transform(flip=False)
+    def image_transform(self, flip: bool = False):
+        return person_image_transform(self.size, CLIP_MEAN, CLIP_STD, flip=flip, interpolation="bicubic")
 
     def train_image_transform(self):
-        return self._transform(flip=True)
+        return self.image_transform(flip=True)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         full = self.tokenizer(captions, padding=True, truncation=False, return_tensors="pt")

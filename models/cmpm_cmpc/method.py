@@ -23,6 +23,7 @@ from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method
 from tbps_models.local_weights import resolve_trunk_weights
 from tbps_models.losses import cmpc_loss, cmpm_loss
+from tbps_models.transforms import person_image_transform
 
 WORD = re.compile(r"[a-z0-9]+")
 PAD, UNKNOWN = "<pad>", "<unk>"
@@ -122,17 +123,11 @@ class CmpmCmpcMethod(Method):
     def preprocessing(self) -> dict[str, Any]:
         return {"image_size": self.settings["size"], "normalize": "imagenet", "vocabulary": len(self.vocabulary)}
 
-    def _transform(self, flip: bool):
-        from torchvision import transforms as T
-
-        steps = [T.Resize(tuple(self.settings["size"]))] + ([T.RandomHorizontalFlip()] if flip else [])
-        return T.Compose([*steps, T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-
-    def image_transform(self):
-        return self._transform(flip=False)
+    def image_transform(self, flip: bool = False):
+        return person_image_transform(self.settings["size"], flip=flip)
 
     def train_image_transform(self):
-        return self._transform(flip=True)
+        return self.image_transform(flip=True)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         rows = [[self.index.get(w, 1) for w in words(c)] or [1] for c in captions]

@@ -19,6 +19,7 @@ from tbps_bench.splits import EvalSplit
 from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
 from tbps_models.losses import cmpm_loss
 from tbps_models.nafs.presets import offline_text_encoder
+from tbps_models.transforms import person_image_transform
 
 IMAGE_SIZE = (256, 128)
 MAX_TOKENS = 64
@@ -81,11 +82,7 @@ class FrozenLinearMethod(Method):
         }
 
     def image_transform(self):
-        from torchvision import transforms as T
-
-        return T.Compose(
-            [T.Resize(IMAGE_SIZE), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
-        )
+        return person_image_transform(IMAGE_SIZE)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         full = self.tokenizer(captions, padding=True, truncation=False, return_tensors="pt")

@@ -18,9 +18,8 @@ from tbps_models.nafs.presets import preset, resolve_text_encoder
 from tbps_models.nafs.rerank import RERANK_CHOICES, rerank_rvn, rerank_rvn_official
 from tbps_models.nafs.scoring import local_similarity_candidates
 from tbps_models.nafs.tokenization import NafsTokenizer
+from tbps_models.transforms import IMAGENET_MEAN, IMAGENET_STD, person_image_transform
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _SCORE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: shortlisted pairs outrank every other pair: |S| <= 2 for scored pairs
 _UNSCORED_OFFSET = 10.0
@@ -57,7 +56,6 @@ class NafsMethod(Method):
             raise BenchError(f"NAFS rerank must be one of {', '.join(RERANK_CHOICES)}; got {rerank!r}")
         self.rerank, self.shortlist, self.rerank_k = rerank, int(shortlist), int(rerank_k)
         self.config_name = config or self.default_preset
-        self.extra_tensors: dict[str, torch.Tensor] = {}
         self.loss: NafsLoss | None = None
         #: caption -> frozen text encoder outputs, filled during training when the encoder is frozen
         self._frozen_text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -92,7 +90,7 @@ class NafsMethod(Method):
             return Nafs(NafsConfig.from_dict(model_config))
         path = Path(self.checkpoint)
         if path.is_dir():
-            model, record, self.extra_tensors = load_own_checkpoint(path)
+            model, record, _ = load_own_checkpoint(path)
             self.training_record = record or None
             return model
         if model_config.get("text_encoder") is None:
@@ -133,20 +131,12 @@ class NafsMethod(Method):
         return {"rerank": self.rerank, "shortlist_k": self.shortlist or None, "score_dtype": self.score_dtype}
 
     # -- preprocessing
-    def _transform(self, flip: bool):
-        from torchvision import transforms as T
-
+    def image_transform(self, flip: bool = False):
         config = self.model.config
-        steps = [T.Resize((config.image_height, config.image_width), interpolation=T.InterpolationMode.BILINEAR)]
-        if flip:
-            steps.append(T.RandomHorizontalFlip())
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-    def image_transform(self):
-        return self._transform(flip=False)
+        return person_image_transform((config.image_height, config.image_width), flip=flip)
 
     def train_image_transform(self):
-        return self._transform(flip=True)
+        return self.image_transform(flip=True)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(captions)

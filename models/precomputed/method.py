@@ -63,9 +63,6 @@ class PrecomputedMethod(Method):
     def arguments(self) -> dict[str, Any]:
         return {"label": self.label, "file": self.path.name, "sha256": self.sha256}
 
-    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        return {}
-
     def _rows(self, kind: str, batch) -> torch.Tensor:
         """Check this batch's ids against the file, then return the file's rows for it."""
         ids = self.data[f"{kind}_ids"].reshape(-1).to(torch.int64)
