@@ -71,8 +71,6 @@ class SplitEvaluation:
     scoring: str  # "cosine" or "pairwise"
     timings: dict[str, Any]
     checkpoint_sha: str | None
-    #: captions the method's tokenizer had to cut (None: the tokenizer does not report it)
-    truncated_captions: int | None
 
 
 def encode_split(
@@ -159,8 +157,7 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
-    truncated = count_truncated(method, split.captions, options.batch_size)
-    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, truncated)
+    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha)
 
 
 def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: list[str] | None = None) -> list[Path]:
@@ -179,13 +176,15 @@ def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: li
     run_id = new_run_id()
     for part in subsets:
         evaluation = evaluate_split(method, part, options, cache)
-        if evaluation.truncated_captions:
+        # captions the method's tokenizer had to cut (None: its tokenizer does not report it)
+        truncated = count_truncated(method, part.captions, options.batch_size)
+        if truncated:
             print(
-                f"note: {evaluation.truncated_captions} of {len(part.captions)} {part.dataset}/{part.split} captions "
-                f"are longer than what method '{method.name}' reads (recorded as protocol.truncated_captions)",
+                f"note: {truncated} of {len(part.captions)} {part.dataset}/{part.split} captions are longer "
+                f"than what method '{method.name}' reads (recorded as protocol.truncated_captions)",
                 file=sys.stderr,
             )
-        paths.append(_write(method, method_name, part, evaluation, options, device, run_id, argv))
+        paths.append(_write(method, method_name, part, evaluation, truncated, options, device, run_id, argv))
     return paths
 
 
@@ -194,6 +193,7 @@ def _write(
     method_name: str,
     split: EvalSplit,
     evaluation: SplitEvaluation,
+    truncated_captions: int | None,
     options: EvalOptions,
     device: torch.device,
     run_id: str,
@@ -235,7 +235,7 @@ def _write(
         protocol_extra={
             "amp": options.amp,
             "batch_size": options.batch_size,
-            "truncated_captions": evaluation.truncated_captions,
+            "truncated_captions": truncated_captions,
             **method.protocol(),
         },
     )

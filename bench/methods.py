@@ -159,9 +159,7 @@ class Method:
         return self
 
     def eval(self) -> Method:
-        for module in self.modules():
-            module.eval()
-        return self
+        return self.train(False)
 
     def modules(self) -> list[torch.nn.Module]:
         return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]

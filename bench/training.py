@@ -51,7 +51,6 @@ class TrainOptions:
     #: stop each epoch after this many batches (smoke runs); recorded in the checkpoint
     max_steps_per_epoch: int | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
-    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 def learning_rate_factor(epoch: int, schedule: dict[str, Any]) -> float:
@@ -85,7 +84,7 @@ class _CaptionPairs(torch.utils.data.Dataset):
 
 
 def _merge_schedule(method: Method, options: TrainOptions) -> dict[str, Any]:
-    schedule = {**method.default_training_config(), **options.schedule}
+    schedule = method.default_training_config()
     if options.epochs is not None:
         schedule["epochs"] = options.epochs
     unknown = sorted(set(schedule) - SCHEDULE_KEYS)
