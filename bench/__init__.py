@@ -4,7 +4,6 @@ from tbps_bench.errors import BenchError
 from tbps_bench.metrics import (
     DirectionResult,
     RetrievalResult,
-    evaluate_blocks,
     evaluate_embeddings,
     evaluate_scores,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "BenchError",
     "DirectionResult",
     "RetrievalResult",
-    "evaluate_blocks",
     "evaluate_embeddings",
     "evaluate_scores",
     "__version__",

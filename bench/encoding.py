@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, cache_root, sha256_json
-from tbps_bench.methods import Features, Method
+from tbps_bench.methods import Features, Method, as_features
 from tbps_bench.splits import EvalSplit
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -71,14 +71,13 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _concat(parts: list[Features]) -> Features:
-    if isinstance(parts[0], torch.Tensor):
-        return _cat_padded(parts)
     return {key: _cat_padded([p[key] for p in parts]) for key in parts[0]}
 
 
 def _check_features(features: Features, count: int, who: str) -> None:
-    tensors = {"features": features} if isinstance(features, torch.Tensor) else features
-    for key, tensor in tensors.items():
+    if not features:
+        raise BenchError(f"{who} returned no features")
+    for key, tensor in features.items():
         if not isinstance(tensor, torch.Tensor):
             raise BenchError(f"{who} returned {type(tensor).__name__} for '{key}'; expected a tensor")
         if tensor.shape[0] != count:
@@ -113,7 +112,7 @@ def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, w
             k: v.to(method.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
         }
         with autocast(method.device, amp):
-            features = method.encode_images(batch)
+            features = as_features(method.encode_images(batch))
         _check_features(features, len(batch["index"]), who)
         parts.append(_to_cpu_float(features))
     return _concat(parts)
@@ -134,7 +133,7 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) ->
             "index": torch.arange(rows.start, rows.stop),
         }
         with autocast(method.device, amp):
-            features = method.encode_texts(batch)
+            features = as_features(method.encode_texts(batch))
         _check_features(features, len(captions), who)
         parts.append(_to_cpu_float(features))
     return _concat(parts)
@@ -155,8 +154,6 @@ def _to_cpu_float(features: Features) -> Features:
     def convert(t: torch.Tensor) -> torch.Tensor:
         return t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()
 
-    if isinstance(features, torch.Tensor):
-        return convert(features)
     return {k: convert(v) for k, v in features.items()}
 
 
@@ -173,11 +170,9 @@ class FeatureCache:
     def get_or_compute(self, key_fields: dict[str, Any], compute: Callable[[], Features]) -> tuple[Features, bool]:
         path = self.path(key_fields)
         if self.enabled and path.is_file():
-            stored = load_file(str(path))
-            return (stored["features"] if list(stored) == ["features"] else stored), True
+            return load_file(str(path)), True
         features = compute()
         if self.enabled:
-            tensors = {"features": features} if isinstance(features, torch.Tensor) else features
             with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+                save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
         return features, False

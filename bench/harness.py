@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
+from tbps_bench.adapters import load_dataset
 from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_path
-from tbps_bench.methods import Features, Method
+from tbps_bench.methods import EMBEDDING, Features, FrozenBackbone, Method, PairwiseMethod, as_features
 from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
 from tbps_bench.provenance import provenance
-from tbps_bench.registry import DATASETS, METHODS
+from tbps_bench.registry import METHODS
 from tbps_bench.results import build_result, new_run_id, write_result
 from tbps_bench.splits import EvalSplit
 
@@ -61,8 +62,7 @@ def build_method(name: str, device: torch.device, checkpoint: str | None, args: 
 
 
 def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
-    factory = DATASETS.load(name)
-    return factory(root=data_root).eval_split(split)
+    return load_dataset(name, data_root).eval_split(split)
 
 
 @dataclass
@@ -86,7 +86,7 @@ def encode_split(
     For a method with a frozen backbone, what is cached is the backbone's output (independent of
     the checkpoint) and the trained projection is applied afterwards (unless ``project`` is False:
     training reads the backbone features themselves)."""
-    frozen = method.frozen_backbone
+    frozen = isinstance(method, FrozenBackbone)
     common = {
         "method": method.name,
         "arguments": method.encoder_arguments(),
@@ -120,13 +120,8 @@ def encode_split(
 
 def _projected(project, features: Features, device: torch.device) -> Features:
     with torch.inference_mode():
-        moved = (
-            features.to(device)
-            if isinstance(features, torch.Tensor)
-            else {k: v.to(device) for k, v in features.items()}
-        )
-        out = project(moved)
-    return out.float().cpu() if isinstance(out, torch.Tensor) else {k: v.float().cpu() for k, v in out.items()}
+        out = as_features(project({k: v.to(device) for k, v in features.items()}))
+    return {k: v.float().cpu() for k, v in out.items()}
 
 
 def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache) -> SplitEvaluation:
@@ -134,15 +129,19 @@ def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache
     checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
     image_features, text_features, timings = encode_split(method, split, options, cache, checkpoint_sha)
     start = time.perf_counter()
-    if method.pairwise:
+    if isinstance(method, PairwiseMethod):
         scores = method.score_all(image_features, text_features)
         timings["pairwise_scoring_s"] = time.perf_counter() - start
         start = time.perf_counter()
         retrieval = evaluate_scores(scores, split.caption_pids, split.image_pids)
         scoring = "pairwise"
     else:
-        if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor):
-            raise BenchError(f"method '{method.name}' returned feature dicts but is not pairwise")
+        if EMBEDDING not in image_features or EMBEDDING not in text_features:
+            raise BenchError(
+                f"method '{method.name}' returned features {sorted(image_features)} / {sorted(text_features)}; a "
+                f"dual encoder returns one embedding tensor (a PairwiseMethod scores feature dicts)"
+            )
+        image_features, text_features = image_features[EMBEDDING], text_features[EMBEDDING]
         if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
             raise BenchError(
                 f"method '{method.name}' returned image features {tuple(image_features.shape)} and text "

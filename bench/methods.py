@@ -1,9 +1,19 @@
 """The method contract: what a plugin provides, and what the harness does for it.
 
-A method owns its preprocessing (image transform, tokenizer) and its encoders. The harness owns
-batching, device placement, mixed precision, progress and caching, so a plugin stays small.
-A dual-encoder returns one embedding per item; a cross-modal method (``pairwise = True``) returns
-feature dictionaries and scores blocks of images x texts with ``score_pairs``.
+A method owns its preprocessing (image transform, tokenizer) and its encoders; the harness owns
+batching, device placement, mixed precision, progress and caching, so a plugin stays small. What a
+method can do beyond encoding is a type, and the harness and the training loop dispatch on it:
+
+- ``Method``: a dual encoder; one embedding per item, compared by cosine.
+- ``PairwiseMethod``: a cross-modal scorer; feature dictionaries per item, scored in blocks of
+  images x texts.
+- ``FrozenBackbone``: encoders that never change; the harness caches their outputs once, whatever
+  the checkpoint, and the method's trained ``project_*`` heads run on them afterwards.
+- ``Trainable``: the hooks of the shared training loop (``tbps_bench.training``).
+
+Inside the harness, features are always a dict of tensors; a tensor returned by an encoder is taken
+as ``{"embedding": tensor}``. Every module a method runs lives in ``self.network`` (one
+``nn.Module``), so ``to``, ``train`` / ``eval`` and ``state_dict`` are ordinary module calls.
 """
 
 from __future__ import annotations
@@ -13,18 +23,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tbps_bench.splits import EvalSplit
 
-Features = torch.Tensor | dict[str, torch.Tensor]
+Features = dict[str, torch.Tensor]
+EMBEDDING = "embedding"
+
+
+def as_features(output: torch.Tensor | Mapping[str, torch.Tensor]) -> Features:
+    """An encoder's output as a feature dict (a plain tensor is a dual encoder's embedding)."""
+    return {EMBEDDING: output} if isinstance(output, torch.Tensor) else dict(output)
 
 
 def feature_count(features: Features) -> int:
-    return len(features) if isinstance(features, torch.Tensor) else len(next(iter(features.values())))
+    return len(next(iter(features.values())))
+
+
+def feature_rows(features: Features, rows: slice | torch.Tensor, device: torch.device | None = None) -> Features:
+    return {k: (v[rows].to(device) if device is not None else v[rows]) for k, v in features.items()}
 
 
 class Method:
-    """Base class of every method plugin.
+    """Base class of every method plugin: preprocessing and encoders.
 
     Subclasses set ``name`` and implement ``encode_images`` / ``encode_texts``; they override
     ``image_transform`` and ``tokenize`` to own their preprocessing. Keyword arguments given on the
@@ -32,8 +53,6 @@ class Method:
     """
 
     name: str = "method"
-    #: cross-modal methods score pairs instead of comparing per-modality embeddings
-    pairwise: bool = False
     #: methods that never look at pixels (sanity baselines) skip image decoding entirely
     needs_pixels: bool = True
 
@@ -43,20 +62,12 @@ class Method:
         self.options = dict(options)
         #: what the loaded weights were trained on ({"dataset": ..., "selected_on": ..., ...}); None = untrained
         self.training_record: dict[str, Any] | None = None
+        #: every module the method runs; attach submodules and parameters as attributes
+        self.network = nn.Module()
 
     # -- description, recorded in results and in the cache key
     def arguments(self) -> dict[str, Any]:
         return dict(self.options)
-
-    #: the encoders are frozen: the harness caches ``encode_*`` outputs whatever the checkpoint, and
-    #: applies the trained ``project_images`` / ``project_texts`` to them afterwards
-    frozen_backbone: bool = False
-
-    def project_images(self, features: Features) -> Features:
-        return features
-
-    def project_texts(self, features: Features) -> Features:
-        return features
 
     def encoder_arguments(self) -> dict[str, Any]:
         """The arguments that change encoded features (the feature cache key); scoring-only
@@ -65,6 +76,10 @@ class Method:
 
     def preprocessing(self) -> dict[str, Any]:
         """Everything about preprocessing that changes numbers (size, normalisation, tokenizer)."""
+        return {}
+
+    def protocol(self) -> dict[str, Any]:
+        """Choices of the scoring protocol that a leaderboard must show (re-ranking, shortlists)."""
         return {}
 
     # -- preprocessing
@@ -79,93 +94,96 @@ class Method:
         return {}
 
     # -- encoders: batches are dicts with "pixels" / "tokens", "pid" and "index" (dataset order)
-    def encode_images(self, batch: Mapping[str, Any]) -> Features:
+    def encode_images(self, batch: Mapping[str, Any]) -> torch.Tensor | Features:
         raise NotImplementedError
 
-    def encode_texts(self, batch: Mapping[str, Any]) -> Features:
+    def encode_texts(self, batch: Mapping[str, Any]) -> torch.Tensor | Features:
         raise NotImplementedError
 
-    # -- cross-modal scoring: (images x texts) block
-    def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
-        raise NotImplementedError(f"{self.name} is not a pairwise method")
-
-    def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
-        """The whole (texts x images) matrix of a pairwise method, from ``score_pairs`` on blocks.
-
-        Methods override this when a score needs more than one block at a time (shortlists,
-        re-ranking); extra protocol choices then go in ``protocol()``."""
-
-        def rows(features: Features, part: slice) -> Features:
-            if isinstance(features, torch.Tensor):
-                return features[part].to(self.device)
-            return {k: v[part].to(self.device) for k, v in features.items()}
-
-        n_images, n_texts = feature_count(image_features), feature_count(text_features)
-        scores = torch.empty(n_texts, n_images)
-        with torch.inference_mode():
-            for i in range(0, n_images, block):
-                image_rows = rows(image_features, slice(i, i + block))
-                for t in range(0, n_texts, block * 4):
-                    block_scores = self.score_pairs(image_rows, rows(text_features, slice(t, t + block * 4)))
-                    scores[t : t + block * 4, i : i + block] = block_scores.float().T.cpu()
-        return scores
-
-    def protocol(self) -> dict[str, Any]:
-        """Choices of the scoring protocol that a leaderboard must show (re-ranking, shortlists)."""
-        return {}
-
-    # -- training (optional): the shared loop in tbps_bench.training drives these
-    trainable: bool = False
-
-    def default_training_config(self) -> dict[str, Any]:
-        """The schedule this method is trained with unless the user gives one."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    #: False when training reads cached features only (frozen encoders): the loop skips image decoding
-    needs_pixels_in_training: bool = True
-
-    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split: EvalSplit) -> None:
-        """Build what training needs beyond inference: loss heads sized to ``num_classes``, and
-        anything read once from the train split (a vocabulary, frozen features)."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
-        return self.image_transform()
-
-    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        """Optimizer groups: ``params`` plus their own ``lr`` / ``weight_decay``."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    def training_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch; ``total`` is minimised. The batch holds ``pixels`` (unless
-        ``needs_pixels_in_training`` is False), ``tokens``, ``captions``, ``labels`` and the train
-        split's ``caption_index`` / ``image_index`` of each item."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    def training_state(self) -> dict[str, torch.Tensor]:
-        """Every trained tensor, for the loop's own resume file."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    def load_training_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
-
-    def save_checkpoint(self, folder: str | Path, record: dict[str, Any]) -> None:
-        """A checkpoint that ``--checkpoint`` loads back, with ``record`` as its training record."""
-        raise NotImplementedError(f"method '{self.name}' cannot be trained")
+    # -- modules
+    def to(self, device: str | torch.device) -> Method:
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        return self
 
     def train(self, mode: bool = True) -> Method:
-        for module in self.modules():
-            module.train(mode)
+        self.network.train(mode)
         return self
 
     def eval(self) -> Method:
         return self.train(False)
 
-    def modules(self) -> list[torch.nn.Module]:
-        return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
 
-    def to(self, device: str | torch.device) -> Method:
-        self.device = torch.device(device)
-        for module in self.modules():
-            module.to(self.device)
-        return self
+class PairwiseMethod(Method):
+    """A cross-modal scorer: the score of a pair needs both items' features at once."""
+
+    def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
+        """Scores of a block, images x texts."""
+        raise NotImplementedError
+
+    def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
+        """The whole (texts x images) matrix, from ``score_pairs`` on blocks.
+
+        Methods override this when a score needs more than one block at a time (shortlists,
+        re-ranking); extra protocol choices then go in ``protocol()``."""
+        n_images, n_texts = feature_count(image_features), feature_count(text_features)
+        scores = torch.empty(n_texts, n_images)
+        with torch.inference_mode():
+            for i in range(0, n_images, block):
+                image_rows = feature_rows(image_features, slice(i, i + block), self.device)
+                for t in range(0, n_texts, block * 4):
+                    texts = feature_rows(text_features, slice(t, t + block * 4), self.device)
+                    scores[t : t + block * 4, i : i + block] = self.score_pairs(image_rows, texts).float().T.cpu()
+        return scores
+
+
+class FrozenBackbone:
+    """Mixin: ``encode_*`` are frozen backbones; ``project_*`` are the (trained) heads on their output.
+
+    The harness caches backbone features once for any checkpoint and applies the heads afterwards;
+    the training loop hands the cached train-split features to ``training_losses`` as
+    ``image_features`` / ``text_features``."""
+
+    def project_images(self, features: Features) -> torch.Tensor | Features:
+        raise NotImplementedError
+
+    def project_texts(self, features: Features) -> torch.Tensor | Features:
+        raise NotImplementedError
+
+
+class Trainable:
+    """Mixin: the hooks of the shared training loop (``tbps-bench train``).
+
+    The trained state is ``trained_modules().state_dict()`` (the whole ``network`` unless a frozen
+    part is left out), so resume files need no per-method code."""
+
+    network: nn.Module
+
+    def default_training_config(self) -> dict[str, Any]:
+        """The schedule this method is trained with unless the user gives one."""
+        raise NotImplementedError
+
+    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split: EvalSplit) -> None:
+        """Build what training needs beyond inference: loss heads sized to ``num_classes``, and
+        anything read once from the train split (a vocabulary)."""
+
+    def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
+        return self.image_transform()  # type: ignore[attr-defined]
+
+    def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Optimizer groups: ``params`` plus their own ``lr`` / ``weight_decay``."""
+        raise NotImplementedError
+
+    def training_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch; ``total`` is minimised. The batch holds ``pixels`` (or, for a
+        ``FrozenBackbone``, the cached ``image_features`` / ``text_features``), ``tokens``,
+        ``captions``, ``labels`` and the train split's ``caption_index`` / ``image_index``."""
+        raise NotImplementedError
+
+    def trained_modules(self) -> nn.Module:
+        """The part of ``network`` that training changes (its state is the resume state)."""
+        return self.network
+
+    def save_checkpoint(self, folder: str | Path, record: dict[str, Any]) -> None:
+        """A checkpoint that ``--checkpoint`` loads back, with ``record`` as its training record."""
+        raise NotImplementedError

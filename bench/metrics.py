@@ -11,8 +11,8 @@ fits a memory budget.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +21,11 @@ from tbps_bench.errors import BenchError, first_offending
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 TIE_POLICY = "stable-by-gallery-index"
 DEFAULT_CHUNK_BYTES = 128 * 2**20
+
+
+def cmc_curve(first_hit_rank: torch.Tensor, max_rank: int = 20) -> list[float]:
+    """R@1..R@max_rank (percent) from first-hit ranks: the CMC curve."""
+    return [100.0 * float((first_hit_rank <= k).double().mean()) for k in range(1, max_rank + 1)]
 
 
 @dataclass
@@ -42,9 +47,7 @@ class DirectionResult:
         return out
 
     def cmc(self, max_rank: int = 20) -> list[float]:
-        """R@1..R@max_rank (percent): the CMC curve."""
-        ranks = self.first_hit_rank
-        return [100.0 * float((ranks <= k).double().mean()) for k in range(1, max_rank + 1)]
+        return cmc_curve(self.first_hit_rank, max_rank)
 
 
 @dataclass
@@ -52,7 +55,6 @@ class RetrievalResult:
     t2i: DirectionResult
     i2t: DirectionResult
     tie_policy: str = TIE_POLICY
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {"t2i": self.t2i.summary(), "i2t": self.i2t.summary()}
@@ -161,7 +163,6 @@ def _direction(
     ks: Sequence[int],
     skip_queries_without_positives: bool,
     direction: str,
-    check_blocks: bool = False,
 ) -> DirectionResult:
     table = _positive_table(query_ids, gallery_ids)
     missing = table.count == 0
@@ -178,8 +179,6 @@ def _direction(
         if positives.shape[0] == 0:
             continue
         block = block[keep.to(block.device)] if not bool(keep.all()) else block
-        if check_blocks:
-            _check_finite(f"{direction} scores (query rows {rows.start}..{rows.stop - 1})", block)
         ranks = _ranks_in_block(block, positives).cpu().to(torch.float64)
         n = table.count[rows][keep].to(torch.float64)
         position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
@@ -294,23 +293,4 @@ def evaluate_embeddings(
 
     t2i = _direction(blocks(text, image), tid, iid, ks, skip_queries_without_positives, "t2i")
     i2t = _direction(blocks(image, text), iid, tid, ks, skip_queries_without_positives, "i2t")
-    return RetrievalResult(t2i=t2i, i2t=i2t)
-
-
-def evaluate_blocks(
-    text_blocks: Callable[[], Iterator[tuple[slice, torch.Tensor]]],
-    image_blocks: Callable[[], Iterator[tuple[slice, torch.Tensor]]],
-    text_ids,
-    image_ids,
-    ks: Sequence[int] = DEFAULT_KS,
-    skip_queries_without_positives: bool = False,
-) -> RetrievalResult:
-    """Both directions from callables yielding (query rows, score block) for each direction.
-
-    This is the entry point for scores that are neither a stored matrix nor a dot product, e.g. a
-    cross-modal scorer whose blocks are produced on demand.
-    """
-    tid, iid = torch.as_tensor(text_ids).to(torch.int64), torch.as_tensor(image_ids).to(torch.int64)
-    t2i = _direction(text_blocks(), tid, iid, ks, skip_queries_without_positives, "t2i", check_blocks=True)
-    i2t = _direction(image_blocks(), iid, tid, ks, skip_queries_without_positives, "i2t", check_blocks=True)
     return RetrievalResult(t2i=t2i, i2t=i2t)

@@ -1,8 +1,9 @@
 """Name -> plugin registries for methods and datasets.
 
-Built-ins are lazy ``"module:attr"`` strings so that listing never imports torch-heavy code;
-third-party packages add entries through entry points (groups ``tbps_bench.models`` and
-``tbps_bench.datasets``), and ad-hoc files through ``--plugin path.py`` calling ``register``.
+Every entry is a lazy ``"module:attr"`` string, so that listing never imports torch-heavy code.
+Built-ins and third-party packages alike declare entry points (groups ``tbps_bench.models`` and
+``tbps_bench.datasets``): those of this project's own distribution have origin "builtin". Ad-hoc
+files add entries through ``--plugin path.py`` calling ``register_method``.
 """
 
 from __future__ import annotations
@@ -40,21 +41,19 @@ def resolve(target: str | Callable[..., Any]) -> Any:
 class Registry:
     """One kind of plugin (methods or datasets)."""
 
-    def __init__(self, kind: str, group: str, builtins: Callable[[], dict[str, str]]):
+    def __init__(self, kind: str, group: str):
         self.kind = kind
         self.group = group
-        self._builtins = builtins
         self._entries: dict[str, Entry] | None = None
         self._pending: list[Entry] = []
 
     def _ensure(self) -> dict[str, Entry]:
         if self._entries is None:
             self._entries = {}
-            for name, target in self._builtins().items():
-                self._add(Entry(name, target, "builtin"))
-            for ep in importlib.metadata.entry_points(group=self.group):
+            for ep in sorted(importlib.metadata.entry_points(group=self.group), key=lambda ep: ep.name):
                 dist = ep.dist.name if ep.dist is not None else "unknown"
-                self._add(Entry(ep.name, ep.value, f"entry point ({dist})"))
+                origin = "builtin" if _normalized(dist) == DISTRIBUTION else f"entry point ({dist})"
+                self._add(Entry(ep.name, ep.value, origin))
             for entry in self._pending:
                 self._add(entry)
             self._pending.clear()
@@ -103,27 +102,15 @@ class Registry:
             ) from exc
 
 
-def _builtin_methods() -> dict[str, str]:
-    return {
-        "random": "tbps_models.random:RandomMethod",
-        "oracle": "tbps_models.oracle:OracleMethod",
-        "nafs": "tbps_models.nafs.method:NafsMethod",
-        "nafs-tiny": "tbps_models.nafs.method:NafsTinyMethod",
-        "frozen-linear": "tbps_models.frozen_linear.method:FrozenLinearMethod",
-        "precomputed": "tbps_models.precomputed.method:PrecomputedMethod",
-        "clip": "tbps_models.clip.method:ClipMethod",
-        "cmpm-cmpc": "tbps_models.cmpm_cmpc.method:CmpmCmpcMethod",
-    }
+DISTRIBUTION = "tbps-bench"
 
 
-def _builtin_datasets() -> dict[str, str]:
-    from tbps_datasets.specs import builtin_dataset_targets
-
-    return builtin_dataset_targets()
+def _normalized(distribution: str) -> str:
+    return distribution.lower().replace("_", "-")
 
 
-METHODS = Registry("method", "tbps_bench.models", _builtin_methods)
-DATASETS = Registry("dataset", "tbps_bench.datasets", _builtin_datasets)
+METHODS = Registry("method", "tbps_bench.models")
+DATASETS = Registry("dataset", "tbps_bench.datasets")
 
 
 def register_method(name: str, target: str | Callable[..., Any] | None = None):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,6 @@ class EvalSplit:
     annotation_sha256: str
     image_sources: list[str] | None = None  # e.g. UFine3C's per-image source dataset
     limit: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {

@@ -1,4 +1,4 @@
-"""The one training loop: every trainable method plugs in through the ``Method`` training hooks.
+"""The one training loop: every trainable method plugs in through the ``Trainable`` hooks.
 
 It owns data order, optimisation, the learning-rate schedule, mixed precision, per-epoch
 checkpoints with exact resume, and checkpoint selection on the validation split.
@@ -19,8 +19,15 @@ import torch
 from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, write_json_atomic
-from tbps_bench.harness import EvalOptions, build_method, evaluate_split, load_eval_split, resolve_device
-from tbps_bench.methods import Method
+from tbps_bench.harness import (
+    EvalOptions,
+    build_method,
+    encode_split,
+    evaluate_split,
+    load_eval_split,
+    resolve_device,
+)
+from tbps_bench.methods import FrozenBackbone, Trainable, feature_rows
 from tbps_bench.splits import EvalSplit
 
 SCHEDULE_KEYS = {
@@ -50,6 +57,8 @@ class TrainOptions:
     epochs: int | None = None
     #: stop each epoch after this many batches (smoke runs); recorded in the checkpoint
     max_steps_per_epoch: int | None = None
+    #: cache the frozen backbone's train-split features (FrozenBackbone methods)
+    use_cache: bool = True
     method_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +92,7 @@ class _CaptionPairs(torch.utils.data.Dataset):
         return item
 
 
-def _merge_schedule(method: Method, options: TrainOptions) -> dict[str, Any]:
+def _merge_schedule(method: Trainable, options: TrainOptions) -> dict[str, Any]:
     schedule = method.default_training_config()
     if options.epochs is not None:
         schedule["epochs"] = options.epochs
@@ -106,8 +115,8 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     method = build_method(method_name, device, None, options.method_args)
-    if not method.trainable:
-        raise BenchError(f"method '{method_name}' cannot be trained (it has no training hooks)")
+    if not isinstance(method, Trainable):
+        raise BenchError(f"method '{method_name}' cannot be trained (it is not a tbps_bench Trainable)")
     schedule = _merge_schedule(method, options)
     train_split = load_eval_split(dataset_name, options.data_root, "train")
     select_split = None
@@ -123,6 +132,14 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     label_of = {pid: label for label, pid in enumerate(pids)}
     labels = torch.tensor([label_of[p] for p in train_split.caption_pids.tolist()])
     method.prepare_training(len(pids), schedule, train_split)
+    frozen_features = None
+    if isinstance(method, FrozenBackbone):
+        # the backbone never changes: its train-split features are encoded (or read from the cache) once
+        encode_options = EvalOptions(batch_size=64, amp=options.amp, workers=options.workers)
+        images, texts, _ = encode_split(
+            method, train_split, encode_options, FeatureCache(enabled=options.use_cache), project=False
+        )
+        frozen_features = {"image": images, "text": texts}
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
@@ -133,9 +150,12 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         if not resume_file.is_file():
             raise BenchError(f"--resume: no {resume_file} to resume from; start without --resume")
         state = torch.load(resume_file, map_location="cpu", weights_only=True)
-        method.load_training_state(state["method"])
+        method.trained_modules().load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_epoch, best = int(state["epoch"]), state["best"]
         print(f"resumed {folder} at epoch {start_epoch}", file=sys.stderr)
     elif resume_file.exists():
@@ -150,7 +170,7 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         "max_steps_per_epoch": options.max_steps_per_epoch,
         "method_arguments": method.arguments(),
     }
-    transform = method.train_image_transform() if method.needs_pixels_in_training else None
+    transform = method.train_image_transform() if frozen_features is None else None
     pairs = _CaptionPairs(train_split, transform, labels)
     log_file = folder / "log.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,6 +205,9 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
             }
             if "pixels" in batch:
                 inputs["pixels"] = batch["pixels"].to(device)
+            if frozen_features is not None:
+                inputs["image_features"] = feature_rows(frozen_features["image"], batch["image_index"], device)
+                inputs["text_features"] = feature_rows(frozen_features["text"], batch["caption_index"], device)
             with autocast(device, options.amp):
                 losses = method.training_losses(inputs)
             total = losses["total"]
@@ -205,34 +228,38 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         }
         if select_split is not None:
             # features change every epoch, except those of a frozen backbone (cached without the weights)
-            cache = FeatureCache(enabled=method.frozen_backbone)
+            cache = FeatureCache(enabled=frozen_features is not None and options.use_cache)
             evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), cache)
             entry[options.select_on] = evaluation.retrieval.summary()
             score = entry[options.select_on]["t2i"]["R1"]
         else:
-            score = float(epoch)
+            score = None
         entry["seconds"] = time.perf_counter() - started
         record = {**record_base, "epoch": epoch + 1, "epochs": schedule["epochs"]}
         method.save_checkpoint(folder / "last", record)
-        if score > best["R1"]:
-            best = {"epoch": epoch + 1, "R1": score}
+        if score is None or score > best["R1"]:  # --select-on last: every epoch replaces the one before
+            best = {"epoch": epoch + 1, "R1": score if score is not None else -1.0}
             method.save_checkpoint(folder / "best", record)
-        _save_resume(resume_file, method, optimizer, epoch + 1, best)
+        _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best)
         with open(log_file, "a", encoding="utf-8") as log:
             log.write(json.dumps(entry, allow_nan=False) + "\n")
         _report(entry, options.select_on, best, schedule["epochs"])
+    if options.select_on == "last":
+        best = {"epoch": best["epoch"], "R1": None}
     summary = {"method": method_name, "dataset": dataset_name, "best": best, "folder": str(folder), "argv": argv}
     write_json_atomic(folder / "train.json", summary)
     return folder / "best"
 
 
-def _save_resume(path: Path, method: Method, optimizer, epoch: int, best: dict[str, Any]) -> None:
+def _save_resume(path: Path, method: Trainable, optimizer, scaler, epoch: int, best: dict[str, Any]) -> None:
     state = {
         "epoch": epoch,
         "best": best,
-        "method": method.training_state(),
+        "method": method.trained_modules().state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

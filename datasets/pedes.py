@@ -18,7 +18,7 @@ import torch
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, cache_root, sha256_file, sha256_json
 from tbps_bench.splits import EvalSplit
-from tbps_datasets.specs import DatasetSpec, SplitCounts
+from tbps_datasets.specs import DatasetSpec
 
 KNOWN_SPLITS = ("train", "val", "test")
 _CACHE_VERSION = 1
@@ -99,9 +99,8 @@ def train_label_map(pids: list[int]) -> dict[int, int]:
 class PedesDataset:
     """A dataset in the PEDES JSON schema, located under ``root``."""
 
-    def __init__(self, spec: DatasetSpec, root: str | Path | None = None, max_captions: int | None = None):
+    def __init__(self, spec: DatasetSpec, root: str | Path | None = None):
         self.spec = spec
-        self.max_captions = max_captions
         if root is None and spec.generator:
             from tbps_bench.registry import resolve
 
@@ -128,11 +127,7 @@ class PedesDataset:
 
     # ---------------------------------------------------------------- parsing and caching
     def records(self) -> list[Record]:
-        records = read_annotation(self.annotation, self.spec)
-        if self.max_captions is not None:
-            for record in records:
-                record.captions = record.captions[: self.max_captions]
-        return records
+        return read_annotation(self.annotation, self.spec)
 
     def annotation_sha256(self) -> str:
         if not hasattr(self, "_sha"):
@@ -145,7 +140,6 @@ class PedesDataset:
                 "v": _CACHE_VERSION,
                 "annotation": self.annotation_sha256(),
                 "image_root": str(self.image_root.resolve()),
-                "max_captions": self.max_captions,
                 "spec": self.spec.name,
             }
         )
@@ -224,9 +218,6 @@ class PedesDataset:
             annotation_sha256=self.annotation_sha256(),
             image_sources=sources,
         )
-
-    def expected_counts(self) -> dict[str, SplitCounts]:
-        return dict(self.spec.splits)
 
     def split_statistics(self) -> dict[str, dict[str, float]]:
         stats = {}

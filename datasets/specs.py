@@ -103,5 +103,11 @@ class SpecTarget:
         return f"{self.spec.adapter} with {self.spec.path.name if self.spec.path else self.spec.name}"
 
 
-def builtin_dataset_targets() -> dict[str, SpecTarget]:
-    return {name: SpecTarget(spec) for name, spec in load_specs().items()}
+def __getattr__(attribute: str) -> SpecTarget:
+    """``tbps_datasets.specs:cuhk_pedes`` is the adapter of ``cuhk-pedes.toml`` (the entry points'
+    targets): a dataset with the PEDES schema is a spec file plus one entry-point line."""
+    specs = load_specs()
+    name = attribute.replace("_", "-")
+    if name not in specs:
+        raise AttributeError(f"no dataset spec '{name}.toml' beside {__name__}")
+    return SpecTarget(specs[name])

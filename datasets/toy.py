@@ -245,14 +245,6 @@ def generate(folder: Path, config: ToyConfig) -> None:
     (folder / "reid_raw.json").write_text(json.dumps(records), encoding="utf-8")
 
 
-def expected_counts(config: ToyConfig) -> dict[str, dict[str, int]]:
-    split_ids = {"train": config.ids - config.val_ids - config.test_ids, "val": config.val_ids, "test": config.test_ids}
-    return {
-        split: {"ids": n, "images": n * config.images_per_id, "captions": 2 * n * config.images_per_id}
-        for split, n in split_ids.items()
-    }
-
-
 def ensure_generated(config: ToyConfig | None = None, root: Path | None = None) -> Path:
     """Generate once per configuration (atomically) and return the dataset folder."""
     config = config or ToyConfig()

@@ -44,6 +44,7 @@ def cuhk_sized():
     return synthetic(6156, 3074)
 
 
+@pytest.mark.heavy
 @pytest.mark.benchmark(group="metrics-cuhk-size")
 @pytest.mark.parametrize("implementation", [ours, naive_full_argsort, floor], ids=["ours", "naive-argsort", "floor"])
 def test_metrics_cuhk_size(benchmark, cuhk_sized, implementation):

@@ -1,5 +1,4 @@
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +88,6 @@ def test_result_file_records_everything_and_is_strict_json(tmp_path):
     assert {"package_version", "git", "python", "libraries", "device", "seed", "argv"} <= set(provenance)
     assert "--out" in provenance["argv"]
     assert str(tmp_path) not in text and "/root" not in text and "/home" not in text
-    assert all(math.isfinite(v) for d in result["metrics"].values() for v in d.values())
     assert not list(out.rglob("*.tmp"))
 
 

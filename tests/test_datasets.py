@@ -10,6 +10,7 @@ from tbps_bench.cli import main
 from tbps_bench.errors import BenchError
 from tbps_bench.registry import DATASETS
 from tbps_bench.results import load_result
+from tbps_datasets import pedes as pedes_module
 from tbps_datasets.check import check_dataset
 from tbps_datasets.specs import DatasetSpec, SplitCounts
 
@@ -235,7 +236,7 @@ def test_ufine3c_is_evaluated_whole_and_per_source(tmp_path):
     assert splits == ["test", "test/cuhk", "test/icfg"]
 
 
-def test_second_load_of_cuhk_sized_annotation_is_fast(tmp_path, benchmark):
+def test_second_load_of_cuhk_sized_annotation_reads_the_cache(tmp_path, benchmark, monkeypatch):
     records = [
         {
             "split": "train",
@@ -248,6 +249,11 @@ def test_second_load_of_cuhk_sized_annotation_is_fast(tmp_path, benchmark):
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
     spec = _spec(splits={"train": SplitCounts(13402, 40206, 80412)})
     _dataset(spec, tmp_path).hf_splits()  # first load builds the cache
+
+    def never_parsed_again(*args):
+        raise AssertionError("the second load parsed the annotation again instead of reading the cache")
+
+    monkeypatch.setattr(pedes_module, "read_annotation", never_parsed_again)
 
     def second_load():
         return _dataset(spec, tmp_path).eval_split("train")

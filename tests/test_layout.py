@@ -1,5 +1,6 @@
 """The package layout must not shadow Hugging Face ``datasets`` in any mode."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,8 +33,10 @@ def test_spec_files_found_through_namespace_package():
 
 @pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source checkout")
 def test_wheel_ships_only_the_three_packages(tmp_path):
+    source = tmp_path / "source"  # build from a copy: a build inside the checkout leaves build/ behind
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "results", "*.egg-info"))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -118,6 +118,26 @@ def test_pages_tables_and_marks(tmp_path, results):
     assert order == sorted(order, reverse=True)
 
 
+def test_csv_beside_each_page_holds_the_same_numbers(tmp_path, results):
+    import pandas as pd
+
+    assert _build(tmp_path, results) == 0
+    frame = pd.read_csv(tmp_path / "lb" / "toy.csv")
+    mine = frame[(frame["method"] == "mine") & (frame["direction"] == "t2i")].iloc[0]
+    configs, _ = load_runs(results[0], skip_invalid=False)
+    config = next(c for c in configs if c.method == "mine" and c.dataset == "toy")
+    mean, std = config.metric("t2i", "R1")
+    assert (
+        mine["runs"] == 3
+        and mine["R1"] == pytest.approx(mean, abs=1e-4)
+        and mine["R1_std"] == pytest.approx(std, abs=1e-4)
+    )
+    reported = frame[frame["source"] == "Somebody et al., Table 1"]
+    assert list(reported["R1"]) == [40.0]
+    assert set(frame[frame["split"] == "test"]["domain"]) == {"in-domain"}
+    assert set(pd.read_csv(tmp_path / "lb" / "toy2.csv")["domain"]) == {"cross-domain"}
+
+
 def test_build_is_deterministic_and_check_detects_staleness(tmp_path, results, capsys):
     assert _build(tmp_path, results) == 0
     first = {p.name: p.read_bytes() for p in (tmp_path / "lb").iterdir() if p.is_file()}

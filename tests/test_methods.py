@@ -58,8 +58,7 @@ def test_every_registered_method_evaluates_at_tiny_size(name, tmp_path):
     assert main(args) == 0
     result = load_result(next((tmp_path / "res").rglob("*.json")))
     assert result["status"] == "partial"
-    for direction in ("t2i", "i2t"):
-        assert 0.0 <= result["metrics"][direction]["R1"] <= 100.0
+    assert result["method"]["origin"] == "builtin"
 
 
 def test_precomputed_scores_and_embeddings(tmp_path):

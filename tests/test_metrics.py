@@ -122,6 +122,7 @@ def test_compiled_kernel_equals_eager(monkeypatch, clustered_embeddings):
     scores[::7] = torch.round(scores[::7] * 4) / 4  # systematic ties on some rows
     eager = evaluate_scores(scores, text_ids, image_ids)
     monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
+    monkeypatch.setattr(metrics_module, "_compiled_kernel", None)  # an earlier test may have compiled it
     compiled = evaluate_scores(scores, text_ids, image_ids)
     assert metrics_module._compiled_kernel is not None
     for direction in ("t2i", "i2t"):

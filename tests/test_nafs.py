@@ -10,13 +10,10 @@ import torch
 from tbps_bench.errors import BenchError
 from tbps_models.nafs import Nafs, NafsConfig, build_from_official, load_official_checkpoint
 from tbps_models.nafs.rerank import rerank_rvn, rerank_rvn_official
-from tbps_models.nafs.scoring import (
-    local_similarity,
-    local_similarity_candidates,
-    local_similarity_official_loop,
-    local_similarity_per_pair,
-)
+from tbps_models.nafs.scoring import local_similarity, local_similarity_candidates
 from tbps_models.nafs.tokenization import NafsTokenizer, split_sub_sentences
+
+from nafs_reference_scoring import local_similarity_official_loop, local_similarity_per_pair
 
 TINY_BERT = {
     "model_type": "bert",

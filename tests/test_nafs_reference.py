@@ -125,7 +125,7 @@ def test_an_off_by_one_length_would_be_caught(model_outputs, reference):
 
 def test_the_benchmark_baseline_computes_both_released_directions(model_outputs, reference):
     """The per-text loop the speed benchmark compares with is the released computation, both ways."""
-    from tbps_models.nafs.scoring import local_similarity_official_loop
+    from nafs_reference_scoring import local_similarity_official_loop
 
     out = model_outputs["identity_perm"]
     image_to_text, text_to_image = local_similarity_official_loop(

@@ -20,10 +20,10 @@ def add_parser(commands) -> None:
 
 
 def run_check(args, argv) -> int:
-    from tbps_bench.registry import DATASETS
+    from tbps_bench.adapters import load_dataset
     from tbps_datasets.check import check_dataset
 
-    dataset = DATASETS.load(args.dataset)(root=args.root)
+    dataset = load_dataset(args.dataset, args.root)
     report = check_dataset(dataset)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1, allow_nan=False))
@@ -36,9 +36,9 @@ def run_check(args, argv) -> int:
 def run_info(args, argv) -> int:
     from tabulate import tabulate
 
-    from tbps_bench.registry import DATASETS
+    from tbps_bench.adapters import load_dataset
 
-    dataset = DATASETS.load(args.dataset)(root=args.root)
+    dataset = load_dataset(args.dataset, args.root)
     stats = dataset.split_statistics()
     rows = [
         [name, s["ids"], s["images"], s["captions"], f"{s['words_mean']:.1f}", s["words_min"], s["words_max"]]

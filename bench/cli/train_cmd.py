@@ -27,6 +27,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs", help="folder for checkpoints and logs")
     parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="re-encode a frozen backbone's features instead of reading the cache"
+    )
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE")
     parser.set_defaults(run=run)
 
@@ -52,6 +55,7 @@ def run(args, argv) -> int:
         workers=args.workers,
         epochs=args.epochs,
         max_steps_per_epoch=args.max_steps,
+        use_cache=not args.no_cache,
         method_args=method_args,
     )
     best = train(args.method, args.dataset, options, argv)

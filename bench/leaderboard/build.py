@@ -6,11 +6,46 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from tbps_bench.leaderboard.render import DIRECTIONS, cmc_plot, table
 from tbps_bench.leaderboard.reported import ReportedRow, load_reported
 from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_runs
 
-GENERATED_SUFFIXES = (".md", ".png")
+GENERATED_SUFFIXES = (".md", ".csv", ".png")
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) -> pd.DataFrame:
+    """The page's numbers as one table (``<dataset>.csv``), for people who plot."""
+    rows = []
+    for config in configs:
+        for direction in DIRECTIONS:
+            low, high = config.recall_at_1_interval(direction)
+            row = {
+                "split": config.split,
+                "domain": "cross-domain" if config.cross_domain else "in-domain",
+                "direction": direction,
+                "method": config.label,
+                "source": "this project",
+                "runs": len(config.runs),
+            }
+            for name in METRICS:
+                row[name], row[f"{name}_std"] = config.metric(direction, name)
+            row |= {"R1_ci_low": low, "R1_ci_high": high, "trained_on": config.trained_on}
+            row |= {"selected_on": config.selected_on, "checkpoints": " ".join(config.checkpoints())}
+            rows.append(row | {"rerank": config.rerank, "tie_policy": config.tie_policy})
+    for published in reported:
+        for direction, values in sorted(published.metrics.items()):
+            row = {"split": published.split, "domain": "in-domain", "direction": direction}
+            row |= {"method": published.method, "source": published.citation, "runs": None}
+            rows.append(row | {name: values.get(name) for name in METRICS} | {"rerank": published.rerank})
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
+    if frame.empty:
+        return frame
+    frame["R1_sort"] = -frame["R1"].fillna(-1.0)
+    frame = frame.sort_values(["split", "domain", "direction", "R1_sort", "method"], kind="stable")
+    return frame.drop(columns="R1_sort")
 
 
 def _dataset_page(dataset: str, configs: list[Configuration], reported: list[ReportedRow], out: Path) -> str:
@@ -76,6 +111,8 @@ def _render(results: Path, reported_dir: Path, out: Path, skip_invalid: bool) ->
     for dataset, dataset_configs in sorted(pages.items()):
         text = _dataset_page(dataset, dataset_configs, reported.get(dataset, []), out)
         (out / f"{dataset}.md").write_text(text, encoding="utf-8")
+        frame = _dataset_frame(dataset_configs, reported.get(dataset, []))
+        frame.to_csv(out / f"{dataset}.csv", index=False, float_format="%.4f", lineterminator="\n")
     (out / "README.md").write_text(_index(pages, reported), encoding="utf-8")
     return {"configurations": len(configs), **left_out}
 
@@ -109,7 +146,7 @@ def build_leaderboards(
         stale = sorted(
             name
             for name in new | old
-            if name.endswith(".md")
+            if name.endswith((".md", ".csv"))
             and (name not in new or name not in old or (staging / name).read_bytes() != (out / name).read_bytes())
         )
         stale += sorted(name for name in (new ^ old) if name.endswith(".png"))

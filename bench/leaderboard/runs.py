@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_json
+from tbps_bench.metrics import cmc_curve
 from tbps_bench.results import METRIC_NAMES, load_result
 
 #: arguments that distinguish runs of one configuration rather than configurations
@@ -45,17 +47,23 @@ class Configuration:
     def dirty(self) -> bool:
         return any(run["provenance"].get("git", {}).get("dirty") for run in self.runs)
 
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """One row per run, one column per (direction, metric)."""
+
+        def row(run: dict[str, Any]) -> dict[tuple[str, str], float]:
+            return {(d, name): float(value) for d in ("t2i", "i2t") for name, value in run["metrics"][d].items()}
+
+        return pd.DataFrame([row(run) for run in self.runs])
+
     def metric(self, direction: str, name: str) -> tuple[float, float | None]:
         """Mean over runs and the sample standard deviation (None for a single run)."""
-        values = [float(run["metrics"][direction][name]) for run in self.runs]
-        mean = sum(values) / len(values)
-        if len(values) < 2:
-            return mean, None
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        values = self.metrics[(direction, name)]
+        return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
 
     def cmc(self, direction: str, max_rank: int = 20) -> list[float]:
         ranks = torch.cat([torch.tensor(run["per_query"][f"{direction}_first_hit_rank"]) for run in self.runs])
-        return [100.0 * float((ranks <= k).double().mean()) for k in range(1, max_rank + 1)]
+        return cmc_curve(ranks, max_rank)
 
     def recall_at_1_interval(self, direction: str) -> tuple[float, float]:
         """95 % bootstrap interval of R@1, resampling queries (jointly across runs)."""
@@ -123,7 +131,7 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
     """Complete runs grouped by configuration, and counts of what was left out."""
     files = sorted(p for p in results_dir.rglob("*.json") if p.is_file()) if results_dir.is_dir() else []
     left_out = {"partial": 0, "invalid": 0}
-    groups: dict[tuple, Configuration] = {}
+    complete: list[dict[str, Any]] = []
     for path in files:
         try:
             result = load_result(path)
@@ -140,24 +148,28 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
         if result["status"] != "complete" or result["dataset"].get("limit") is not None:
             left_out["partial"] += 1
             continue
-        key = _configuration_key(result)
-        if key not in groups:
-            method = result["method"]
-            training = method.get("training") or {}
-            groups[key] = Configuration(
-                dataset=result["dataset"]["name"],
-                split=result["dataset"]["split"],
+        complete.append({"key": repr(_configuration_key(result)), "run_id": result["run_id"], "result": result})
+    if not complete:
+        return [], left_out
+    runs = pd.DataFrame(complete).sort_values(["key", "run_id"], kind="stable")
+    configurations = []
+    for _, group in runs.groupby("key", sort=True):
+        first = group["result"].iloc[0]
+        method = first["method"]
+        configurations.append(
+            Configuration(
+                dataset=first["dataset"]["name"],
+                split=first["dataset"]["split"],
                 method=method["name"],
-                label=_label(result),
+                label=_label(first),
                 trained_on=method.get("trained_on"),
-                selected_on=training.get("selected_on"),
-                rerank=result["protocol"].get("rerank") or "none",
-                tie_policy=result["protocol"].get("tie_policy", "?"),
+                selected_on=(method.get("training") or {}).get("selected_on"),
+                rerank=first["protocol"].get("rerank") or "none",
+                tie_policy=first["protocol"].get("tie_policy", "?"),
+                runs=list(group["result"]),
             )
-        groups[key].runs.append(result)
-    for configuration in groups.values():
-        configuration.runs.sort(key=lambda run: run["run_id"])
-    return list(groups.values()), left_out
+        )
+    return configurations, left_out
 
 
 __all__ = ["METRIC_NAMES", "Configuration", "load_runs"]

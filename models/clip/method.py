@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
-from tbps_bench.methods import Method
+from tbps_bench.methods import Method, Trainable
 from tbps_models.losses import matching_kl
 from tbps_models.transforms import person_image_transform
 
@@ -63,13 +63,12 @@ def infonce_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, 
     return -(target * F.log_softmax(sim, dim=1)).sum(1).mean() - (target * F.log_softmax(sim.T, dim=1)).sum(1).mean()
 
 
-class ClipMethod(Method):
+class ClipMethod(Trainable, Method):
     """Options: ``model`` (a CLIPModel folder: config, weights, tokenizer files), ``image_height`` /
     ``image_width`` (384 x 128), ``loss`` (sdm | infonce), ``temperature`` (0.02).
     ``--checkpoint`` takes a folder written by ``tbps-bench train -m clip``."""
 
     name = "clip"
-    trainable = True
 
     def __init__(
         self,
@@ -93,14 +92,14 @@ class ClipMethod(Method):
         if not (folder / "config.json").is_file():
             raise BenchError(f"CLIP folder {folder} has no config.json; expected a transformers CLIPModel folder")
         try:
-            self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+            self.network.clip = CLIPModel.from_pretrained(str(folder), local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise BenchError(f"cannot load CLIP from {folder}: {exc}") from exc
         self.folder = folder
         self.size = (int(image_height), int(image_width))
         self.loss_name, self.temperature = loss, float(temperature)
-        self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
+        self.max_tokens = int(self.network.clip.config.text_config.max_position_embeddings)
         record = folder / TRAINING_RECORD
         if self.checkpoint and record.is_file():
             self.training_record = json.loads(record.read_text())
@@ -133,23 +132,21 @@ class ClipMethod(Method):
         return {"input_ids": ids, "attention_mask": mask, "truncated": truncated}
 
     def encode_images(self, batch):
-        return _features(self.model.get_image_features(pixel_values=batch["pixels"], interpolate_pos_encoding=True))
+        clip = self.network.clip
+        return _features(clip.get_image_features(pixel_values=batch["pixels"], interpolate_pos_encoding=True))
 
     def encode_texts(self, batch):
         tokens = batch["tokens"]
         return _features(
-            self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            self.network.clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         )
 
     # -- fine-tuning
     def default_training_config(self) -> dict[str, Any]:
         return dict(SCHEDULE)
 
-    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split) -> None:
-        """Identity-level losses need no classifier: nothing to build."""
-
     def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.network.parameters() if p.requires_grad]
         return [
             {
                 "params": params,
@@ -164,14 +161,8 @@ class ClipMethod(Method):
         loss = function(image, text, batch["labels"], self.temperature)
         return {self.loss_name: loss, "total": loss}
 
-    def training_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    def load_training_state(self, state) -> None:
-        self.model.load_state_dict(dict(state))
-
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         with atomic_dir(folder) as tmp:
-            self.model.save_pretrained(str(tmp))
+            self.network.clip.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))

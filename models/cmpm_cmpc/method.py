@@ -20,7 +20,7 @@ from torch import nn
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
-from tbps_bench.methods import Method
+from tbps_bench.methods import Method, Trainable
 from tbps_models.local_weights import resolve_trunk_weights
 from tbps_models.losses import cmpc_loss, cmpm_loss
 from tbps_models.transforms import person_image_transform
@@ -60,12 +60,11 @@ class TextEncoder(nn.Module):
         return self.projection(output.max(dim=1).values)
 
 
-class CmpmCmpcMethod(Method):
+class CmpmCmpcMethod(Trainable, Method):
     """Options: ``trunk`` (resnet18/34/50), ``trunk_weights`` (torchvision state dict), ``dim`` (512),
     ``min_count`` (2), ``image_height`` / ``image_width`` (384 x 128)."""
 
     name = "cmpm-cmpc"
-    trainable = True
 
     def __init__(
         self,
@@ -97,19 +96,20 @@ class CmpmCmpcMethod(Method):
             trunk_model.load_state_dict(state)
         channels = trunk_model.fc.in_features
         trunk_model.fc = nn.Identity()
-        self.image_trunk = trunk_model
-        self.image_projection = nn.Linear(channels, self.settings["dim"])
+        self.network.image_trunk = trunk_model
+        self.network.image_projection = nn.Linear(channels, self.settings["dim"])
         self.vocabulary = stored["vocabulary"] if stored else [PAD, UNKNOWN]
         self._build_text()
-        self.classifier: nn.Parameter | None = None
         if stored is not None:
             tensors = load_file(str(Path(self.checkpoint) / "model.safetensors"))
-            self._load_tensors(tensors)
+            if "classifier" in tensors:  # the identity classifier is a training-only head
+                self.network.classifier = nn.Parameter(torch.empty_like(tensors["classifier"]))
+            self.network.load_state_dict(tensors)
             self.training_record = stored.get("meta") or None
 
     def _build_text(self) -> None:
         self.index = {word: i for i, word in enumerate(self.vocabulary)}
-        self.text_encoder = TextEncoder(len(self.vocabulary), 300, 512, self.settings["dim"])
+        self.network.text_encoder = TextEncoder(len(self.vocabulary), 300, 512, self.settings["dim"])
 
     def _read_checkpoint(self) -> dict[str, Any]:
         folder = Path(self.checkpoint)
@@ -137,10 +137,10 @@ class CmpmCmpcMethod(Method):
         return {"ids": ids, "lengths": torch.tensor([len(r) for r in rows])}
 
     def encode_images(self, batch):
-        return self.image_projection(self.image_trunk(batch["pixels"]))
+        return self.network.image_projection(self.network.image_trunk(batch["pixels"]))
 
     def encode_texts(self, batch):
-        return self.text_encoder(batch["tokens"]["ids"], batch["tokens"]["lengths"])
+        return self.network.text_encoder(batch["tokens"]["ids"], batch["tokens"]["lengths"])
 
     # -- training
     def default_training_config(self) -> dict[str, Any]:
@@ -151,15 +151,17 @@ class CmpmCmpcMethod(Method):
         kept = sorted(w for w, n in counts.items() if n >= self.settings["min_count"])
         self.vocabulary = [PAD, UNKNOWN, *kept]
         self._build_text()
-        self.text_encoder.to(self.device)
-        self.classifier = nn.Parameter(torch.empty(self.settings["dim"], num_classes, device=self.device))
-        nn.init.xavier_uniform_(self.classifier)
+        self.network.classifier = nn.Parameter(torch.empty(self.settings["dim"], num_classes))
+        nn.init.xavier_uniform_(self.network.classifier)
+        self.network.to(self.device)
 
     def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        heads = [*self.image_projection.parameters(), *self.text_encoder.parameters(), self.classifier]
+        trunk = list(self.network.image_trunk.parameters())
+        trunk_ids = {id(p) for p in trunk}
+        heads = [p for p in self.network.parameters() if id(p) not in trunk_ids]
         low = config["lr"] * config["backbone_lr_factor"]
         return [
-            {"params": list(self.image_trunk.parameters()), "lr": low, "weight_decay": config["backbone_weight_decay"]},
+            {"params": trunk, "lr": low, "weight_decay": config["backbone_weight_decay"]},
             {"params": heads, "lr": config["lr"], "weight_decay": 0.0},
         ]
 
@@ -167,42 +169,13 @@ class CmpmCmpcMethod(Method):
         image, text = self.encode_images(batch), self.encode_texts(batch)
         terms = {
             "cmpm": cmpm_loss(image, text, batch["labels"]),
-            "cmpc": cmpc_loss(image, text, batch["labels"], self.classifier),
+            "cmpc": cmpc_loss(image, text, batch["labels"], self.network.classifier),
         }
         return {**terms, "total": terms["cmpm"] + terms["cmpc"]}
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for prefix, module in (
-            ("image_trunk", self.image_trunk),
-            ("image_projection", self.image_projection),
-            ("text_encoder", self.text_encoder),
-        ):
-            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
-        if self.classifier is not None:
-            tensors["classifier"] = self.classifier.detach()
-        return tensors
-
-    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for prefix, module in (
-            ("image_trunk", self.image_trunk),
-            ("image_projection", self.image_projection),
-            ("text_encoder", self.text_encoder),
-        ):
-            module.load_state_dict({k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
-        if "classifier" in tensors and self.classifier is not None:
-            self.classifier.data.copy_(tensors["classifier"])
-
-    def training_state(self) -> dict[str, torch.Tensor]:
-        return self._tensors()
-
-    def load_training_state(self, state) -> None:
-        self._load_tensors(dict(state))
-
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         with atomic_dir(folder) as tmp:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self._tensors().items()}, str(tmp / "model.safetensors")
-            )
+            state = self.network.state_dict()
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"))
             stored = {"settings": self.settings, "vocabulary": self.vocabulary, "meta": record}
             (tmp / "config.json").write_text(json.dumps(stored, indent=1))

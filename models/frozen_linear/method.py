@@ -10,12 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tbps_bench.encoding import FeatureCache
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, write_json_atomic
-from tbps_bench.harness import EvalOptions, encode_split
-from tbps_bench.methods import Method
-from tbps_bench.splits import EvalSplit
+from tbps_bench.methods import Features, FrozenBackbone, Method, Trainable
 from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
 from tbps_models.losses import cmpm_loss
 from tbps_models.nafs.presets import offline_text_encoder
@@ -36,14 +33,11 @@ SCHEDULE = {
 }
 
 
-class FrozenLinearMethod(Method):
+class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
     """Options: ``dim`` (joint size, 256), ``text_encoder`` (a BERT-family folder; the packaged MiniLM
     by default), ``image_weights`` (EfficientNet-Lite0 state dict; the packaged one by default)."""
 
     name = "frozen-linear"
-    trainable = True
-    needs_pixels_in_training = False
-    frozen_backbone = True
 
     def __init__(self, dim: int = 256, text_encoder: str | None = None, image_weights: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -58,12 +52,17 @@ class FrozenLinearMethod(Method):
         self.text_folder = Path(folder)
         self.text_name = self.text_folder.name if text_encoder else "all-MiniLM-L6-v2"
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.text_encoder = AutoModel.from_pretrained(folder, local_files_only=True)
         self.image_weights = str(Path(image_weights).resolve()) if image_weights else "packaged"
-        self.image_encoder = EfficientNetLite0.pretrained(image_weights)
-        self.image_projection = nn.Linear(1280, self.dim)
-        self.text_projection = nn.Linear(self.text_encoder.config.hidden_size, self.dim)
-        self._train_features: dict[str, torch.Tensor] = {}
+        text_encoder_model = AutoModel.from_pretrained(folder, local_files_only=True)
+        self.network.backbone = nn.ModuleDict(
+            {"image": EfficientNetLite0.pretrained(image_weights), "text": text_encoder_model}
+        )
+        self.network.heads = nn.ModuleDict(
+            {
+                "image_projection": nn.Linear(1280, self.dim),
+                "text_projection": nn.Linear(text_encoder_model.config.hidden_size, self.dim),
+            }
+        )
         if self.checkpoint is not None:
             self._load(Path(self.checkpoint))
 
@@ -93,69 +92,48 @@ class FrozenLinearMethod(Method):
             "truncated": truncated,
         }
 
-    # -- frozen features, then the trained projections
-    def _image_backbone(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(pixels)
+    # -- frozen backbone features, then the trained projections
+    def encode_images(self, batch) -> torch.Tensor:
+        return self.network.backbone["image"](batch["pixels"])
 
-    def _text_backbone(self, tokens) -> torch.Tensor:
-        mask = tokens["attention_mask"]
-        hidden = self.text_encoder(input_ids=tokens["input_ids"], attention_mask=mask).last_hidden_state
-        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # mean pooling
+    def encode_texts(self, batch) -> torch.Tensor:
+        mask = batch["tokens"]["attention_mask"]
+        hidden = self.network.backbone["text"](input_ids=batch["tokens"]["input_ids"], attention_mask=mask)
+        states = hidden.last_hidden_state
+        return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # mean pooling
 
-    def encode_images(self, batch):
-        return self._image_backbone(batch["pixels"])
+    def project_images(self, features: Features) -> torch.Tensor:
+        return self.network.heads["image_projection"](features["embedding"])
 
-    def encode_texts(self, batch):
-        return self._text_backbone(batch["tokens"])
+    def project_texts(self, features: Features) -> torch.Tensor:
+        return self.network.heads["text_projection"](features["embedding"])
 
-    def project_images(self, features: torch.Tensor) -> torch.Tensor:
-        return self.image_projection(features)
-
-    def project_texts(self, features: torch.Tensor) -> torch.Tensor:
-        return self.text_projection(features)
-
-    # -- training: backbone features once (through the feature cache), projections by CMPM
+    # -- training: the loop supplies the cached backbone features; projections by CMPM
     def default_training_config(self) -> dict[str, Any]:
         return dict(SCHEDULE)
 
-    def prepare_training(self, num_classes: int, config: dict[str, Any], train_split: EvalSplit) -> None:
-        images, texts, _ = encode_split(self, train_split, EvalOptions(batch_size=64), FeatureCache(), project=False)
-        self._train_features = {"image": images, "text": texts}
-
     def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        params = [*self.image_projection.parameters(), *self.text_projection.parameters()]
-        return [{"params": params, "lr": config["lr"], "weight_decay": 0.0}]
+        return [{"params": list(self.network.heads.parameters()), "lr": config["lr"], "weight_decay": 0.0}]
 
     def train(self, mode: bool = True) -> FrozenLinearMethod:
-        super().train(mode)
-        self.image_encoder.eval()
-        self.text_encoder.eval()
+        self.network.heads.train(mode)
+        self.network.backbone.eval()
         return self
 
+    def trained_modules(self) -> nn.Module:
+        return self.network.heads
+
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
-        images = self._train_features["image"][batch["image_index"]].to(self.device)
-        texts = self._train_features["text"][batch["caption_index"]].to(self.device)  # backbone features
-        loss = cmpm_loss(self.image_projection(images), self.text_projection(texts), batch["labels"])
+        images = self.project_images(batch["image_features"])
+        texts = self.project_texts(batch["text_features"])
+        loss = cmpm_loss(images, texts, batch["labels"])
         return {"cmpm": loss, "total": loss}
-
-    def _projections(self) -> dict[str, torch.Tensor]:
-        state = {f"image_projection.{k}": v for k, v in self.image_projection.state_dict().items()}
-        return {**state, **{f"text_projection.{k}": v for k, v in self.text_projection.state_dict().items()}}
-
-    def training_state(self) -> dict[str, torch.Tensor]:
-        return self._projections()
-
-    def load_training_state(self, state) -> None:
-        self.image_projection.load_state_dict(
-            {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("image_")}
-        )
-        self.text_projection.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("text_")})
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         with atomic_dir(folder) as tmp:
+            state = self.network.heads.state_dict()
             save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self._projections().items()},
-                str(tmp / "projections.safetensors"),
+                {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "projections.safetensors")
             )
             write_json_atomic(tmp / "config.json", {"config": {"dim": self.dim}, "meta": record})
 
@@ -168,5 +146,5 @@ class FrozenLinearMethod(Method):
             raise BenchError(
                 f"checkpoint {folder} has dim {stored['config']['dim']}; the method was built with dim {self.dim}"
             )
-        self.load_training_state(load_file(str(weights)))
+        self.network.heads.load_state_dict(load_file(str(weights)))
         self.training_record = stored.get("meta") or None

