@@ -216,7 +216,7 @@ def _write(
             if checkpoint_sha
             else None,
             "preprocessing": method.preprocessing(),
-            "trained_on": (method.training_record or {}).get("dataset"),
+            "trained_on": (method.training_record or {}).get("dataset") or method.trained_on,
             "training": method.training_record,
         },
         dataset={

@@ -62,6 +62,8 @@ class Method:
         self.options = dict(options)
         #: what the loaded weights were trained on ({"dataset": ..., "selected_on": ..., ...}); None = untrained
         self.training_record: dict[str, Any] | None = None
+        #: the dataset that external weights were trained on, as the user labels them (``trained_on=``)
+        self.trained_on: str | None = None
         #: every module the method runs; attach submodules and parameters as attributes
         self.network = nn.Module()
 

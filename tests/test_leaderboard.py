@@ -35,6 +35,8 @@ def _result(
     dirty=False,
     noise=1.0,
     training=None,
+    checkpoint=None,
+    arguments=None,
 ):
     """A real result file from scores with an id structure, as the harness writes it."""
     generator = torch.Generator().manual_seed(seed)
@@ -45,9 +47,11 @@ def _result(
         run_id=f"2026{seed:04d}-{method}",
         method={
             "name": method,
-            "arguments": {"seed": seed} if training is None else {},
+            "arguments": arguments if arguments is not None else ({"seed": seed} if training is None else {}),
             "trained_on": trained_on,
-            "checkpoint": None if training is None else {"file": "best", "sha256": f"{seed:08d}" + "ab" * 28},
+            "checkpoint": {"file": checkpoint, "sha256": checkpoint.encode().hex()[:16] + "cd" * 24}
+            if checkpoint
+            else (None if training is None else {"file": "best", "sha256": f"{seed:08d}" + "ab" * 28}),
             "training": training,
         },
         dataset={"name": dataset, "split": "test", "limit": limit},
@@ -179,3 +183,31 @@ def test_training_seeds_are_runs_of_one_configuration(tmp_path):
     assert sorted(len(c.runs) for c in configs) == [1, 2]
     pair = next(c for c in configs if len(c.runs) == 2)
     assert pair.checkpoints() == ["00000001", "00000002"]
+
+
+def test_external_checkpoints_by_their_training_label(tmp_path):
+    """Labelled external weights go in-domain or cross-domain; unlabelled ones get their own table, and
+    only a configuration with the row's arguments is compared with a published row."""
+    out, reported = tmp_path / "results", tmp_path / "reported"
+    reported.mkdir()
+    (reported / "toy.toml").write_text(
+        REPORTED.replace('reproduced_by = "mine"', 'reproduced_by = "ext"\nreproduced_with = { embedding = "both" }')
+    )
+    _result(out, "ext", 1, checkpoint="a.pth", trained_on="toy", arguments={"embedding": "both"})
+    _result(out, "ext", 2, checkpoint="b.pth", trained_on="toy", arguments={"embedding": "bge"})
+    _result(out, "ext", 3, checkpoint="c.pth", trained_on="other", arguments={"embedding": "both"})
+    _result(out, "ext", 4, checkpoint="d.pth", arguments={"embedding": "both"})
+    configs, _ = load_runs(out, skip_invalid=False)
+    assert sorted(c.domain for c in configs) == ["cross-domain", "in-domain", "in-domain", "unlabelled"]
+    args = ["leaderboard", "build", "--results", str(out), "--out", str(tmp_path / "lb"), "--reported", str(reported)]
+    assert main(args) == 0
+    page = (tmp_path / "lb" / "toy.md").read_text()
+    sections = {block.split("\n", 1)[0]: block for block in page.split("### ")[1:]}
+    unlabelled = sections[
+        "Text-to-image, external checkpoint, training data not labelled (pass trained_on=DATASET)\n"[:-1]
+    ]
+    assert "(embedding=both)" in unlabelled and "vs Paper method" not in unlabelled
+    in_domain = sections["Text-to-image, in-domain"].splitlines()
+    compared = [line for line in in_domain if "vs Paper method" in line]
+    assert len(compared) == 1 and "embedding=both" in compared[0]
+    assert "vs Paper method" not in sections["Text-to-image, cross-domain"]

@@ -33,8 +33,12 @@ def _oracle_scores(path: Path) -> Path:
     return path
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
 def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
-    """Arguments that make each registered method small; a new method must add itself here."""
+    """Command-line arguments that make each registered method small (``--method-arg`` values, or
+    ``--checkpoint``); a new method must add itself here."""
     return {
         "random": [],
         "oracle": [],
@@ -44,6 +48,8 @@ def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
         "precomputed": [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
         "clip": [f"model={write_tiny_clip(tmp_path / 'clip')}", "image_height=64", "image_width=32"],
         "cmpm-cmpc": ["trunk=resnet18", "image_height=64", "image_width=32"],
+        "irra": ["--checkpoint", str(FIXTURES / "irra_reference" / "irra_checkpoint.pth")],
+        "rde": ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
     }
 
 
@@ -53,8 +59,9 @@ def test_every_registered_method_evaluates_at_tiny_size(name, tmp_path):
     assert name in arguments, f"add tiny smoke arguments for the new method '{name}'"
     args = ["eval", "-m", name, "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(tmp_path / "res")]
     args += ["--device", "cpu"]
-    for value in arguments[name]:
-        args += ["--method-arg", value]
+    values = iter(arguments[name])
+    for value in values:
+        args += [value, next(values)] if value.startswith("--") else ["--method-arg", value]
     assert main(args) == 0
     result = load_result(next((tmp_path / "res").rglob("*.json")))
     assert result["status"] == "partial"

@@ -14,6 +14,11 @@ from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_r
 
 GENERATED_SUFFIXES = (".md", ".csv", ".png")
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+DOMAINS = {
+    "in-domain": "in-domain",
+    "cross-domain": "cross-domain",
+    "unlabelled": "external checkpoint, training data not labelled (pass trained_on=DATASET)",
+}
 
 
 def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) -> pd.DataFrame:
@@ -24,7 +29,7 @@ def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) ->
             low, high = config.recall_at_1_interval(direction)
             row = {
                 "split": config.split,
-                "domain": "cross-domain" if config.cross_domain else "in-domain",
+                "domain": config.domain,
                 "direction": direction,
                 "method": config.label,
                 "source": "this project",
@@ -66,15 +71,13 @@ def _dataset_page(dataset: str, configs: list[Configuration], reported: list[Rep
         here = [c for c in configs if c.split == split]
         published = [r for r in reported if r.split == split]
         lines += [f"## {split}", ""]
-        for domain, chosen in (
-            ("in-domain", [c for c in here if not c.cross_domain]),
-            ("cross-domain", [c for c in here if c.cross_domain]),
-        ):
+        for domain in DOMAINS:
+            chosen = [c for c in here if c.domain == domain]
             for direction, title in DIRECTIONS.items():
                 rows = table(chosen, published, direction, with_reported=domain == "in-domain")
                 if not rows:
                     continue
-                lines += [f"### {title}, {domain}", "", *rows, ""]
+                lines += [f"### {title}, {DOMAINS[domain]}", "", *rows, ""]
         for direction, title in DIRECTIONS.items():
             if here:
                 name = f"{dataset}-{split.replace('/', '-')}-{direction}-cmc.png"
@@ -93,7 +96,7 @@ def _index(pages: dict[str, list[Configuration]], reported: dict[str, list[Repor
         "|---|---|---|---|---|",
     ]
     for dataset in sorted(pages):
-        configs = [c for c in pages[dataset] if c.split == "test" and not c.cross_domain]
+        configs = [c for c in pages[dataset] if c.split == "test" and c.domain == "in-domain"]
         best = max(configs, key=lambda c: (c.metric("t2i", "R1")[0], c.label), default=None)
         best_text = f"{best.metric('t2i', 'R1')[0]:.2f} ({best.label})" if best else "—"
         runs = sum(len(c.runs) for c in pages[dataset])

@@ -36,8 +36,10 @@ def _our_row(config: Configuration, direction: str, reported: list[ReportedRow])
         (
             row
             for row in reported
-            if row.reproduced_by == config.method
+            if config.domain == "in-domain"
+            and row.reproduced_by == config.method
             and row.rerank == config.rerank
+            and all(config.arguments.get(k) == v for k, v in row.reproduced_with.items())
             and "R1" in row.metrics.get(direction, {})
         ),
         None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tbps_bench.errors import BenchError
@@ -19,6 +19,8 @@ class ReportedRow:
     metrics: dict[str, dict[str, float]]  # direction -> metric -> value
     reproduced_by: str | None  # the tbps-bench method name that reproduces this row
     split: str = "test"
+    #: method arguments a configuration needs to reproduce this row (e.g. RDE's embedding=bge)
+    reproduced_with: dict[str, object] = field(default_factory=dict)
 
 
 def load_reported(folder: Path) -> dict[str, list[ReportedRow]]:
@@ -50,6 +52,7 @@ def load_reported(folder: Path) -> dict[str, list[ReportedRow]]:
                     metrics=metrics,
                     reproduced_by=row.get("reproduced_by"),
                     split=row.get("split", "test"),
+                    reproduced_with=dict(row.get("reproduced_with", {})),
                 )
             )
         out[path.stem] = rows

@@ -38,10 +38,17 @@ class Configuration:
     rerank: str
     tie_policy: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cross_domain(self) -> bool:
-        return self.trained_on is not None and self.trained_on != self.dataset
+    def domain(self) -> str:
+        """``in-domain``, ``cross-domain`` (trained on another dataset), or ``unlabelled``: external
+        weights whose training data nobody named (``trained_on=``), never shown as in-domain."""
+        if self.trained_on is not None:
+            return "in-domain" if self.trained_on == self.dataset else "cross-domain"
+        run = self.runs[0]["method"] if self.runs else {}
+        external = run.get("checkpoint") is not None and not run.get("training")
+        return "unlabelled" if external else "in-domain"
 
     @property
     def dirty(self) -> bool:
@@ -167,6 +174,7 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
                 rerank=first["protocol"].get("rerank") or "none",
                 tie_policy=first["protocol"].get("tie_policy", "?"),
                 runs=list(group["result"]),
+                arguments=dict(method.get("arguments") or {}),
             )
         )
     return configurations, left_out

@@ -1,7 +1,8 @@
 """CLIP through ``transformers.CLIPModel``: zero-shot from a local folder, or fine-tuned by the loop.
 
 Person images are tall (384 x 128 by default): the position embeddings are interpolated to that
-patch grid, as the CLIP-based person-search codebases do. Fine-tuning uses the
+patch grid, as the CLIP-based person-search codebases do. The towers are the same code path as the
+IRRA-family checkpoints' (``tbps_models.clip_reid.backbone.PersonClip``). Fine-tuning uses the
 similarity-distribution-matching loss (``sdm``, the CLIP-based methods' loss) or InfoNCE with every
 same-identity pair of the batch as a positive (``infonce``).
 """
@@ -18,11 +19,10 @@ import torch.nn.functional as F
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method, Trainable
+from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD, PersonClip
 from tbps_models.losses import matching_kl
 from tbps_models.transforms import person_image_transform
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TRAINING_RECORD = "tbps_training.json"
 LOSSES = ("sdm", "infonce")
 SCHEDULE = {
@@ -36,11 +36,6 @@ SCHEDULE = {
     "milestones": [30, 50],
     "gamma": 0.1,
 }
-
-
-def _features(output) -> torch.Tensor:
-    """``get_*_features`` returns a tensor in older transformers and an output object in newer ones."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def identity_distribution(labels: torch.Tensor) -> torch.Tensor:
@@ -92,14 +87,14 @@ class ClipMethod(Trainable, Method):
         if not (folder / "config.json").is_file():
             raise BenchError(f"CLIP folder {folder} has no config.json; expected a transformers CLIPModel folder")
         try:
-            self.network.clip = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+            self.network.clip = PersonClip(CLIPModel.from_pretrained(str(folder), local_files_only=True))
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise BenchError(f"cannot load CLIP from {folder}: {exc}") from exc
         self.folder = folder
         self.size = (int(image_height), int(image_width))
         self.loss_name, self.temperature = loss, float(temperature)
-        self.max_tokens = int(self.network.clip.config.text_config.max_position_embeddings)
+        self.max_tokens = int(self.network.clip.clip.config.text_config.max_position_embeddings)
         record = folder / TRAINING_RECORD
         if self.checkpoint and record.is_file():
             self.training_record = json.loads(record.read_text())
@@ -126,20 +121,16 @@ class ClipMethod(Trainable, Method):
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         full = self.tokenizer(captions, padding=True, truncation=False, return_tensors="pt")
         truncated = full["attention_mask"].sum(1) > self.max_tokens
-        ids, mask = full["input_ids"][:, : self.max_tokens].clone(), full["attention_mask"][:, : self.max_tokens]
+        ids = full["input_ids"][:, : self.max_tokens].clone()
         # a cut caption keeps its end-of-text token: CLIP pools the text at that position
         ids[truncated, -1] = self.tokenizer.eos_token_id
-        return {"input_ids": ids, "attention_mask": mask, "truncated": truncated}
+        return {"input_ids": ids, "truncated": truncated}
 
     def encode_images(self, batch):
-        clip = self.network.clip
-        return _features(clip.get_image_features(pixel_values=batch["pixels"], interpolate_pos_encoding=True))
+        return self.network.clip.encode_images(batch["pixels"])
 
     def encode_texts(self, batch):
-        tokens = batch["tokens"]
-        return _features(
-            self.network.clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        )
+        return self.network.clip.encode_texts(batch["tokens"]["input_ids"], self.tokenizer.eos_token_id)
 
     # -- fine-tuning
     def default_training_config(self) -> dict[str, Any]:
@@ -163,6 +154,6 @@ class ClipMethod(Trainable, Method):
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         with atomic_dir(folder) as tmp:
-            self.network.clip.save_pretrained(str(tmp))
+            self.network.clip.clip.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))

@@ -1,0 +1,90 @@
+"""``irra`` and ``rde``: released IRRA-family checkpoints, evaluated as their authors' code does."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from tbps_bench.errors import BenchError
+from tbps_bench.methods import Method
+from tbps_models.clip_reid.architecture import IMAGE_SIZE
+from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD
+from tbps_models.clip_reid.model import ClipReidModel, load_checkpoint
+from tbps_models.clip_reid.tokenizer import tokenize
+from tbps_models.transforms import person_image_transform
+
+
+class IrraMethod(Method):
+    """Options: ``trained_on`` (the dataset the checkpoint was trained on: puts its rows in the
+    in-domain or cross-domain table). ``--checkpoint``: the authors' ``best.pth``."""
+
+    name = "irra"
+    family = "irra"
+
+    def __init__(self, trained_on: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if self.checkpoint is None:
+            raise BenchError(f"{self.name} needs --checkpoint FILE: an {self.family.upper()}-format best.pth")
+        if trained_on is not None:
+            from tbps_bench.registry import DATASETS
+
+            DATASETS.entry(trained_on)  # an unknown name stops here, with did-you-mean
+        self.trained_on = trained_on
+        self.network.model = load_checkpoint(self.checkpoint, self.family, **self._family_options())
+        if self.model.ignored:
+            ignored = ", ".join(f"{name} ({count})" for name, count in sorted(self.model.ignored.items()))
+            print(f"note: {self.checkpoint}: ignored training-only entries {ignored}", file=sys.stderr)
+
+    def _family_options(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def model(self) -> ClipReidModel:
+        return self.network.model
+
+    def arguments(self) -> dict[str, Any]:
+        return {"trained_on": self.trained_on}
+
+    def encoder_arguments(self) -> dict[str, Any]:
+        return {k: v for k, v in self.arguments().items() if k != "trained_on"}  # a label, not a feature
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "image_size": list(IMAGE_SIZE),
+            "resize": "bilinear",
+            "normalize": "clip",
+            "tokenizer": "clip-bpe-16e6",
+            "context_length": self.model.architecture.context_length,
+        }
+
+    def image_transform(self):
+        return person_image_transform(IMAGE_SIZE, CLIP_MEAN, CLIP_STD)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        return tokenize(captions, self.model.architecture.context_length)
+
+    def encode_images(self, batch) -> torch.Tensor:
+        return self.model.embed_images(batch["pixels"])
+
+    def encode_texts(self, batch) -> torch.Tensor:
+        return self.model.embed_texts(batch["tokens"]["ids"])
+
+
+class RdeMethod(IrraMethod):
+    """Options: ``trained_on``, ``select_ratio`` (0.3, as RDE's scripts; not stored in the file),
+    ``embedding`` (both | bge | tse: RDE's three reported rows)."""
+
+    name = "rde"
+    family = "rde"
+
+    def __init__(self, select_ratio: float = 0.3, embedding: str = "both", **kwargs: Any):
+        self._options = {"select_ratio": float(select_ratio), "embedding": embedding}
+        super().__init__(**kwargs)
+
+    def _family_options(self) -> dict[str, Any]:
+        return self._options
+
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "embedding": self.model.embedding, "select_ratio": self.model.select_ratio}

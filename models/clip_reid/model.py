@@ -1,0 +1,205 @@
+"""IRRA-family models from their released checkpoints: ``load_checkpoint(path, family=...)``.
+
+A checkpoint of IRRA (Jiang and Ye, CVPR 2023) or of a fork that keeps its layout (RDE, PLOT,
+MLLM4Text-ReID + IRRA, ...) is ``{"model": state_dict, ...}`` with OpenAI CLIP keys under
+``base_model.``; RDE adds its token-selection layers. Everything else in the file is used in
+training only (an identity classifier sized by the training set, MLM head, cross-modal transformer)
+and is ignored, by name.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tbps_bench.errors import BenchError
+from tbps_models.clip_reid.architecture import ClipArchitecture, infer_architecture, to_transformers
+from tbps_models.clip_reid.backbone import PersonClip
+from tbps_models.clip_reid.selection import SelectionHead, image_selection, text_selection
+from tbps_models.clip_reid.tokenizer import tokenize
+
+FAMILIES = ("irra", "rde", "auto")
+EMBEDDINGS = ("both", "bge", "tse")
+CLIP_PREFIX = "base_model."
+#: RDE's token-selection layers: (their prefix in the file, the head they become, the "direct" layer)
+RDE_HEADS = {"image_head": ("visul_emb_layer.", "fc."), "text_head": ("texual_emb_layer.", "linear.")}
+_HEAD_PARTS = {"mlp.layers.0.": "hidden.", "mlp.bns.0.": "norm.", "mlp.layers.1.": "out."}
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The file's ``model`` state dict (``module.`` prefixes removed), or one line saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist (expected an IRRA-format .pth file)")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise BenchError(
+            f"checkpoint {path} holds pickled Python objects, which weights-only loading refuses; expected "
+            "{'model': state_dict} of tensors"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise BenchError(f"checkpoint {path} cannot be read (truncated or not a torch file): {exc}") from exc
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        found = sorted(stored)[:6] if isinstance(stored, dict) else type(stored).__name__
+        hint = " (a NAFS release checkpoint: use -m nafs)" if isinstance(stored, dict) and "network" in stored else ""
+        raise BenchError(f"checkpoint {path} is not IRRA-format: expected a dict with 'model', found {found}{hint}")
+    return {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
+
+
+def _head_state(state: dict[str, torch.Tensor], prefix: str, direct: str) -> dict[str, torch.Tensor]:
+    parts = {direct: "direct.", **_HEAD_PARTS}
+    return {
+        parts[part] + key[len(prefix + part) :]: value.float()
+        for key, value in state.items()
+        for part in parts
+        if key.startswith(prefix + part)
+    }
+
+
+class ClipReidModel(nn.Module):
+    """CLIP towers plus, for RDE, the two token-selection heads; embeddings and the score matrix."""
+
+    def __init__(
+        self,
+        architecture: ClipArchitecture,
+        family: str,
+        select_ratio: float = 0.3,
+        embedding: str = "both",
+        tse_size: int = 1024,
+    ):
+        super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise BenchError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
+        if family == "irra" and embedding != "bge":
+            raise BenchError("an IRRA model has the global (bge) embedding only; embedding=both|tse needs family rde")
+        if not 0.0 < select_ratio <= 1.0:
+            raise BenchError(f"select_ratio must be in (0, 1]; got {select_ratio}")
+        self.architecture, self.family = architecture, family
+        self.select_ratio, self.embedding = float(select_ratio), embedding
+        uses_selection = embedding != "bge"
+        config = architecture.config(attention_weights=uses_selection)
+        self.backbone = PersonClip.from_config(config, architecture.stride, architecture.grid)
+        if family == "rde":
+            self.image_head = SelectionHead(architecture.embed_dim, tse_size)
+            self.text_head = SelectionHead(architecture.embed_dim, tse_size)
+        self.ignored: dict[str, int] = {}
+
+    # -- preprocessing
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """(n, context) int64: the authors' token ids."""
+        return tokenize(captions, self.architecture.context_length)["ids"]
+
+    # -- features
+    def image_features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``bge`` (class token) and, when the embedding uses it, ``tse``."""
+        selection = self.embedding != "bge"
+        out = self.backbone.image_tokens(pixels, attention=selection)
+        features = {"bge": out.tokens[:, 0]}
+        if selection:
+            features["tse"] = image_selection(self.image_head, out.tokens, out.last_attention, self.select_ratio)
+        return features
+
+    def text_features(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``bge`` (end token) and, when the embedding uses it, ``tse``."""
+        selection = self.embedding != "bge"
+        out = self.backbone.text_tokens(ids, attention=selection)
+        features = {"bge": out.tokens[torch.arange(len(ids), device=ids.device), ids.argmax(dim=-1)]}
+        if selection:
+            features["tse"] = text_selection(self.text_head, out.tokens, out.last_attention, ids, self.select_ratio)
+        return features
+
+    def combine(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One unit vector whose dot product is the family's score: the cosine of one embedding, or the
+        mean of the BGE and TSE cosines (two unit halves, each scaled by 1/sqrt(2))."""
+        unit = nn.functional.normalize
+        if self.embedding != "both":
+            return unit(features[self.embedding].float(), dim=-1)
+        halves = [unit(features[name].float(), dim=-1) / math.sqrt(2.0) for name in ("bge", "tse")]
+        return torch.cat(halves, dim=-1)
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.image_features(pixels))
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.text_features(ids))
+
+    @torch.inference_mode()
+    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Texts x images: the matrix the authors' evaluator ranks (images CLIP-normalised, 384 x 128)."""
+        device = next(self.parameters()).device
+        texts = self.embed_texts(self.tokenize(captions).to(device))
+        return texts @ self.embed_images(images.to(device)).T
+
+
+def _family(state: dict[str, torch.Tensor], family: str, source: str) -> str:
+    if family not in FAMILIES:
+        raise BenchError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    has_selection = all(any(k.startswith(prefix) for k in state) for prefix, _ in RDE_HEADS.values())
+    if family == "rde" and not has_selection:
+        raise BenchError(
+            f"{source} has no RDE token-selection layers (visul_emb_layer.*, texual_emb_layer.*); "
+            "it is an IRRA-format checkpoint: use family irra (-m irra)"
+        )
+    if family == "irra" and has_selection:
+        raise BenchError(
+            f"{source} is an RDE checkpoint (it has token-selection layers): use family rde (-m rde; "
+            "embedding=bge for its global embedding alone)"
+        )
+    if family == "auto":
+        return "rde" if has_selection else "irra"
+    return family
+
+
+def load_checkpoint(
+    path: str | Path, family: str = "auto", select_ratio: float = 0.3, embedding: str | None = None
+) -> ClipReidModel:
+    """An IRRA-family model in eval mode, in fp32, from the authors' checkpoint file.
+
+    ``family``: ``irra``, ``rde`` or ``auto`` (RDE when the file has its token-selection layers).
+    ``embedding`` (RDE): ``both`` (default), ``bge`` or ``tse``; ``select_ratio`` (RDE's run argument,
+    not stored in the file): 0.3 as in RDE's scripts."""
+    source = str(path)
+    state = read_state(path)
+    clip_state = {k[len(CLIP_PREFIX) :]: v for k, v in state.items() if k.startswith(CLIP_PREFIX)}
+    if not clip_state:
+        raise BenchError(f"{source} has no '{CLIP_PREFIX}*' CLIP weights; expected an IRRA-format state dict")
+    family = _family(state, family, source)
+    embedding = embedding or ("both" if family == "rde" else "bge")
+    architecture = infer_architecture(clip_state, source)
+    heads = RDE_HEADS if family == "rde" else {}
+    tse_size = state[f"{RDE_HEADS['image_head'][0]}fc.weight"].shape[0] if heads else 1024
+    model = ClipReidModel(architecture, family, select_ratio, embedding, tse_size)
+    try:
+        mapped = to_transformers(clip_state)
+    except StopIteration as exc:
+        unknown = sorted(k for k in clip_state if not k.startswith(("visual.", "transformer.")))[:3]
+        raise BenchError(f"{source}: unexpected CLIP keys {unknown}; expected OpenAI CLIP key names") from exc
+    _load_exactly(model.backbone.clip, mapped, source, "CLIP")
+    used = set(CLIP_PREFIX + k for k in clip_state)
+    for attribute, (prefix, direct) in heads.items():
+        head_state = _head_state(state, prefix, direct)
+        _load_exactly(getattr(model, attribute), head_state, source, prefix.rstrip("."))
+        used |= {k for k in state if k.startswith(tuple(prefix + part for part in (direct, *_HEAD_PARTS)))}
+    model.ignored = dict(Counter(key.split(".")[0] for key in state if key not in used))
+    return model.eval()
+
+
+def _load_exactly(module: nn.Module, state: dict[str, Any], source: str, what: str) -> None:
+    expected = module.state_dict()
+    # position ids are buffers; IRRA keeps its temperature outside the CLIP state (unused in evaluation)
+    missing = sorted(k for k in expected if k not in state and not k.endswith(("position_ids", "logit_scale")))
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = {"missing": missing[:3], "unexpected": unexpected[:3], "wrong shape": wrong[:3]}
+        shown = "; ".join(f"{name} {keys}" for name, keys in detail.items() if keys)
+        raise BenchError(f"{source}: the {what} weights do not fit the architecture read off the file: {shown}")
+    module.load_state_dict(state, strict=False)
