@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, cache_root, sha256_json
+from tbps_bench.images import to_rgb
 from tbps_bench.methods import Features, Method, as_features
 from tbps_bench.splits import EvalSplit
 
@@ -55,7 +56,7 @@ def read_image(split: EvalSplit, index: int, transform: Callable[[Any], torch.Te
     path = split.image_root / split.image_paths[index]
     try:
         with Image.open(path) as image:
-            return transform(image.convert("RGB"))
+            return transform(to_rgb(image))
     except OSError as exc:
         raise BenchError(f"cannot read image {split.image_paths[index]} (index {index}): {exc}") from exc
 
@@ -170,7 +171,12 @@ class FeatureCache:
     def get_or_compute(self, key_fields: dict[str, Any], compute: Callable[[], Features]) -> tuple[Features, bool]:
         path = self.path(key_fields)
         if self.enabled and path.is_file():
-            return load_file(str(path)), True
+            try:
+                return load_file(str(path)), True
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for damaged files
+                note = f"note: feature cache entry {path} is unreadable ({exc}); removed, encoding again"
+                print(note, file=sys.stderr)
+                path.unlink(missing_ok=True)
         features = compute()
         if self.enabled:
             with atomic_path(path) as tmp:

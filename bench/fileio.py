@@ -8,9 +8,21 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tbps_bench.errors import BenchError
+
+#: set by the command line's Ctrl-C handler: nothing is committed after an interrupt, even one that a
+#: library caught and swallowed
+INTERRUPTED = threading.Event()
+
+
+def _commit_allowed() -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,6 +53,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _commit_allowed()
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -55,6 +68,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _commit_allowed()
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -78,3 +92,43 @@ def cache_root() -> Path:
         return Path(os.environ["TBPS_BENCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tbps-bench"
+
+
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """Stop before any work when results could not be written to ``path``."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise BenchError(f"{flag} {path}: {existing} is a file; expected a folder (it is created if missing)")
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"{flag} {path}: {existing or path} is not writable")
+
+
+_ZIP_MAGIC, _NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
+
+
+def read_npz(path: str | Path) -> dict[str, Any]:
+    """The arrays of an ``.npz`` archive, or one line saying what the file is instead."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if head.startswith(_NPY_MAGIC):
+        raise BenchError(
+            f"{path} is a .npy file (one array); expected a .npz archive: numpy.savez(path, similarity=..., "
+            "text_ids=..., image_ids=...)"
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        what = "empty" if not head else ("zero-filled" if not any(head) else f"starts with bytes {head[:4]!r}")
+        raise BenchError(f"{path} is not a .npz archive (a zip file): it is {what}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: np.asarray(data[key]) for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BenchError(f"{path}: unreadable .npz archive ({type(exc).__name__}: {exc})") from exc

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +16,7 @@ import torch
 from tbps_bench.adapters import load_dataset
 from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
-from tbps_bench.fileio import sha256_path
+from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
 from tbps_bench.methods import EMBEDDING, Features, FrozenBackbone, Method, PairwiseMethod, as_features
 from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
 from tbps_bench.provenance import provenance
@@ -58,7 +61,51 @@ def build_method(name: str, device: torch.device, checkpoint: str | None, args: 
         raise BenchError(f"method '{name}' does not accept these arguments {sorted(args)}: {exc}") from exc
     if not isinstance(method, Method):
         raise BenchError(f"method '{name}' built a {type(method).__name__}, not a tbps_bench Method")
+    method.registered_as = name  # the feature cache keys on it: two plugins never share an entry
     return method.to(device).eval()
+
+
+def accepted_arguments(factory: Any) -> set[str]:
+    """The ``--method-arg`` names a method takes: the named parameters of its ``__init__`` chain (or of
+    a factory function). The base ``Method``'s catch-all is not an argument of any method."""
+    functions = (
+        [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__ and c not in (Method, object)]
+        if isinstance(factory, type)
+        else [factory]
+    )
+    names = set()
+    for function in functions:
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                names.add(parameter.name)
+    return names - {"self", "device", "checkpoint"}
+
+
+def check_method_arguments(name: str, args: dict[str, Any], checkpoint: str | None) -> None:
+    """Unknown arguments and a checkpoint the method never reads stop the command before any work."""
+    factory = METHODS.load(name)
+    accepted = accepted_arguments(factory)
+    for key in sorted(args):
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            takes = ", ".join(sorted(accepted)) or "none"
+            raise BenchError(f"method '{name}' has no argument '{key}'; {hint}it takes: {takes}")
+    if checkpoint is not None and not getattr(factory, "reads_checkpoint", True):
+        raise BenchError(f"method '{name}' reads no checkpoint; drop --checkpoint {checkpoint}")
+
+
+@functools.cache
+def source_fingerprint(cls: type) -> str:
+    """A hash of the source that defines a method: its module's file, and for a module inside a
+    package every Python file of that package folder (a model's other modules). Editing a plugin
+    therefore invalidates its cached features."""
+    module = sys.modules.get(cls.__module__)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return "unknown"
+    files = sorted(path.parent.glob("*.py")) if getattr(module, "__package__", "") else [path]
+    return sha256_json([[f.name, sha256_file(f)] for f in files])
 
 
 def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
@@ -88,7 +135,9 @@ def encode_split(
     training reads the backbone features themselves)."""
     frozen = isinstance(method, FrozenBackbone)
     common = {
-        "method": method.name,
+        "method": getattr(method, "registered_as", method.name),
+        "class": f"{type(method).__module__}.{type(method).__qualname__}",
+        "source_sha256": source_fingerprint(type(method)),
         "arguments": method.encoder_arguments(),
         "checkpoint_sha256": None if frozen else checkpoint_sha,
         "annotation_sha256": split.annotation_sha256,
@@ -101,7 +150,7 @@ def encode_split(
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     image_features, image_hit = cache.get_or_compute(
-        {**common, "modality": "image"},
+        {**common, "modality": "image", "images": split.image_manifest_sha256()},
         lambda: encode_images(method, split, options.batch_size, options.amp, options.workers),
     )
     if frozen and project:

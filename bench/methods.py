@@ -55,6 +55,8 @@ class Method:
     name: str = "method"
     #: methods that never look at pixels (sanity baselines) skip image decoding entirely
     needs_pixels: bool = True
+    #: False for methods without weights: --checkpoint is then refused instead of recorded unread
+    reads_checkpoint: bool = True
 
     def __init__(self, device: str | torch.device = "cpu", checkpoint: str | None = None, **options: Any):
         self.device = torch.device(device)

@@ -170,7 +170,8 @@ def _direction(
         raise BenchError(
             f"{direction}: {int(missing.sum())} queries have no positive in the gallery "
             f"(first at query index {int(torch.nonzero(missing)[0])}); the standard protocol has none "
-            "(pass skip_queries_without_positives to drop them and record how many)"
+            "(to drop and count them: tbps-bench score --skip-queries-without-positives, or "
+            "skip_queries_without_positives=True in Python)"
         )
     first, ap, inp = [], [], []
     for rows, block in blocks:

@@ -80,6 +80,37 @@ def sanitize_argv(argv: list[str]) -> list[str]:
     return cleaned
 
 
+def cpu_model() -> str:
+    """The processor's model name (what makes a CPU number differ between hosts)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model and instruction set in use, threads, GPU, CUDA and cuDNN, determinism: the things that
+    change floating-point results between machines of one software setup."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(index)
+            info["gpus"].append({"name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}"})
+    return info
+
+
 def provenance(device: torch.device, seed: int | None, argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "package": "tbps-bench",
@@ -88,6 +119,7 @@ def provenance(device: torch.device, seed: int | None, argv: list[str] | None = 
         "python": platform.python_version(),
         "libraries": _library_versions(),
         "device": describe_device(device),
+        "hardware": hardware(),
         "seed": seed,
         "argv": sanitize_argv(list(sys.argv[1:] if argv is None else argv)),
     }

@@ -13,8 +13,18 @@ from tbps_bench.errors import BenchError
 from tbps_bench.fileio import write_json_atomic
 from tbps_bench.metrics import RetrievalResult
 
-SCHEMA_VERSION = 1
+#: 2: per-query average precision and INP beside the first-hit ranks, so every metric can be re-derived
+SCHEMA_VERSION = 2
 METRIC_NAMES = ("R1", "R5", "R10", "mAP", "mINP")
+#: per-query fields of a result file -> DirectionResult attributes
+PER_QUERY_FIELDS = {
+    "first_hit_rank": "first_hit_rank",
+    "average_precision": "average_precision",
+    "inverse_negative_penalty": "inverse_negative_penalty",
+}
+#: recomputed metrics must match the stored ones this closely (percent)
+CONSISTENCY_TOLERANCE = 1e-6
+_QUERIES = {"t2i": "captions", "i2t": "images"}
 _REQUIRED = {
     "schema_version": int,
     "run_id": str,
@@ -64,8 +74,9 @@ def build_result(
         "protocol": protocol,
         "metrics": retrieval.summary(),
         "per_query": {
-            "t2i_first_hit_rank": retrieval.t2i.first_hit_rank.tolist(),
-            "i2t_first_hit_rank": retrieval.i2t.first_hit_rank.tolist(),
+            f"{name}_{field}": getattr(getattr(retrieval, name), attribute).tolist()
+            for name in ("t2i", "i2t")
+            for field, attribute in PER_QUERY_FIELDS.items()
         },
         "timings": timings,
         "provenance": provenance,
@@ -111,6 +122,49 @@ def validate_result(result: Any, source: str) -> None:
             value = values.get(name)
             if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 100:
                 raise BenchError(f"{source}: field 'metrics.{direction}.{name}' must be a percentage, got {value!r}")
+    _check_per_query(result, source)
+
+
+def _per_query_list(per_query: dict[str, Any], key: str, source: str, count: int | None, ranks: bool) -> list:
+    values = per_query.get(key)
+    where = f"{source}: field 'per_query.{key}'"
+    if not isinstance(values, list) or not values:
+        raise BenchError(f"{where} is missing or empty")
+    if count is not None and len(values) != count:
+        raise BenchError(f"{where} has {len(values)} queries; the result counts {count}")
+    if ranks:
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise BenchError(f"{where} must hold integer ranks >= 1")
+    elif not all(isinstance(v, int | float) and math.isfinite(v) and 0 <= v <= 1 for v in values):
+        raise BenchError(f"{where} must hold values in [0, 1]")
+    return values
+
+
+def _check_per_query(result: dict[str, Any], source: str) -> None:
+    """The per-query outcomes must give back every stored metric: a file whose ranks contradict its
+    numbers (or hold the wrong number of queries) is refused, naming the field."""
+    per_query = result.get("per_query")
+    if not isinstance(per_query, dict):
+        raise BenchError(f"{source}: field 'per_query' is missing")
+    counts = result["dataset"].get("counts") or {}
+    skipped = result["protocol"].get("queries_without_positives_skipped") or {}
+    ks = result["protocol"].get("ks") or [1, 5, 10]
+    for direction, queries in _QUERIES.items():
+        count = counts.get(queries)
+        count = count - int(skipped.get(direction) or 0) if isinstance(count, int) else None
+        ranks = _per_query_list(per_query, f"{direction}_first_hit_rank", source, count, ranks=True)
+        n = len(ranks)
+        derived = {f"R{k}": 100.0 * sum(1 for r in ranks if r <= k) / n for k in ks}
+        for name, field in (("mAP", "average_precision"), ("mINP", "inverse_negative_penalty")):
+            values = _per_query_list(per_query, f"{direction}_{field}", source, n, ranks=False)
+            derived[name] = 100.0 * math.fsum(values) / n
+        for name, value in derived.items():
+            stored = result["metrics"][direction].get(name)
+            if stored is None or abs(stored - value) > CONSISTENCY_TOLERANCE:
+                raise BenchError(
+                    f"{source}: field 'per_query.{direction}_*' gives {name} = {value:.6f} but "
+                    f"'metrics.{direction}.{name}' is {stored}; the file contradicts itself"
+                )
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tbps_bench.checkpoints import load_state
 from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, write_json_atomic
@@ -149,10 +150,13 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     if options.resume:
         if not resume_file.is_file():
             raise BenchError(f"--resume: no {resume_file} to resume from; start without --resume")
-        state = torch.load(resume_file, map_location="cpu", weights_only=True)
-        method.trained_modules().load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        state = _read_resume(resume_file)
+        load_state(method.trained_modules(), state["method"], str(resume_file), method_name)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise BenchError(f"{resume_file}: the optimizer state does not fit this run ({exc})") from exc
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -249,6 +253,23 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     summary = {"method": method_name, "dataset": dataset_name, "best": best, "folder": str(folder), "argv": argv}
     write_json_atomic(folder / "train.json", summary)
     return folder / "best"
+
+
+RESUME_KEYS = ("epoch", "best", "method", "optimizer", "scaler", "rng")
+
+
+def _read_resume(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for damaged files
+        raise BenchError(
+            f"{path} is unreadable ({type(exc).__name__}); it is damaged or cut short: delete it to start over, "
+            "or train into another --out"
+        ) from exc
+    missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise BenchError(f"{path} lacks {', '.join(missing)}; it is not a resume file of this version")
+    return state
 
 
 def _save_resume(path: Path, method: Trainable, optimizer, scaler, epoch: int, best: dict[str, Any]) -> None:

@@ -7,12 +7,17 @@ a record listed twice).
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tbps_bench.errors import BenchError
+from tbps_bench.images import GRAYSCALE_MODES, SIXTEEN_BIT_MODES
 
 _EXAMPLES = 3
 _CODE_LIKE = re.compile(r"[{}<>;=\\]|\bdef\b|\breturn\b|https?://")
@@ -59,9 +64,9 @@ def is_junk(caption: str) -> bool:
     return non_latin / len(letters) > 0.3 or bool(_CODE_LIKE.search(caption))
 
 
-def check_dataset(dataset) -> Report:
-    from PIL import Image, UnidentifiedImageError
-
+def check_dataset(dataset, quick: bool = False, workers: int = 1) -> Report:
+    """Every finding about a dataset copy. Images are decoded in full (``quick``: headers only) by
+    ``workers`` processes."""
     spec = dataset.spec
     report = Report(dataset=spec.name, root=dataset.root.name)
     if not dataset.image_root.is_dir():
@@ -131,24 +136,60 @@ def check_dataset(dataset) -> Report:
     if many:
         report.notes.append(f"{many} images have more than 2 captions (all kept)")
 
-    missing, unreadable, grayscale = [], [], []
-    for path in sorted({r.file_path for r in records}):
-        full = dataset.image_root / path
-        if not full.is_file():
-            missing.append(path)
-            continue
-        try:
-            with Image.open(full) as image:
-                if image.mode in ("L", "LA", "1", "I", "I;16"):
-                    grayscale.append(path)
-        except (OSError, UnidentifiedImageError):
-            unreadable.append(path)
-    if missing:
-        report.errors.append(f"{len(missing)} referenced images are missing: {_examples(missing)}")
-    if unreadable:
-        report.errors.append(f"{len(unreadable)} images are unreadable: {_examples(unreadable)}")
-    if grayscale:
+    paths = sorted({r.file_path for r in records})
+    found: dict[str, list[str]] = defaultdict(list)
+    for path, status in _inspect_images(dataset.image_root, paths, quick, workers):
+        found[status].append(path)
+    if found["missing"]:
+        report.errors.append(f"{len(found['missing'])} referenced images are missing: {_examples(found['missing'])}")
+    if found["unreadable"]:
+        what = "unreadable (header)" if quick else "undecodable or truncated"
+        report.errors.append(f"{len(found['unreadable'])} images are {what}: {_examples(found['unreadable'])}")
+    if found["grayscale"]:
         report.notes.append(
-            f"{len(grayscale)} images are grayscale (converted to RGB when loaded): {_examples(grayscale)}"
+            f"{len(found['grayscale'])} images are grayscale (converted to RGB when loaded): "
+            f"{_examples(found['grayscale'])}"
         )
+    if found["16-bit"]:
+        report.notes.append(
+            f"{len(found['16-bit'])} images are 16-bit grayscale (scaled to 8 bits, then RGB, when loaded): "
+            f"{_examples(found['16-bit'])}"
+        )
+    report.notes.append(
+        f"{len(paths)} images {'opened (headers only, --quick)' if quick else 'decoded in full'} "
+        f"with {max(workers, 1)} process(es)"
+    )
     return report
+
+
+def _inspect_image(task: tuple[Path, str, bool]) -> tuple[str, str]:
+    """(path, status): ok, missing, unreadable, grayscale or 16-bit. Decoding every pixel is what finds
+    a truncated JPEG: its header alone reads fine."""
+    from PIL import Image, UnidentifiedImageError
+
+    root, path, quick = task
+    full = root / path
+    if not full.is_file():
+        return path, "missing"
+    try:
+        with Image.open(full) as image:
+            if not quick:
+                image.load()
+            mode = image.mode
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return path, "unreadable"
+    if mode in SIXTEEN_BIT_MODES:
+        return path, "16-bit"
+    return path, "grayscale" if mode in GRAYSCALE_MODES else "ok"
+
+
+def _inspect_images(root: Path, paths: list[str], quick: bool, workers: int) -> Iterator[tuple[str, str]]:
+    from tqdm.auto import tqdm
+
+    tasks = [(root, path, quick) for path in paths]
+    bar = {"total": len(tasks), "desc": "images", "unit": "img", "disable": not sys.stderr.isatty()}
+    if workers <= 1:
+        yield from tqdm(map(_inspect_image, tasks), **bar)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from tqdm(pool.imap_unordered(_inspect_image, tasks, chunksize=64), **bar)

@@ -4,9 +4,12 @@ and leaderboards."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from tbps_bench.errors import BenchError
+from tbps_bench.fileio import INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,19 +29,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args = parser.parse_args(argv)
+    INTERRUPTED.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt) if in_main_thread else None
     try:
         from tbps_bench.registry import load_plugin_file
 
         for plugin in args.plugin:
             load_plugin_file(plugin)
-        return int(args.run(args, argv) or 0)
+        code = int(args.run(args, argv) or 0)
+        if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt: the run still failed
+            raise KeyboardInterrupt
+        return code
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (Ctrl-C); nothing further was written", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def add_parser(commands) -> None:
@@ -12,6 +13,10 @@ def add_parser(commands) -> None:
     check.add_argument("-d", "--dataset", required=True)
     check.add_argument("--root", help="the dataset's folder (or its parent)")
     check.add_argument("--json", action="store_true")
+    check.add_argument("--quick", action="store_true", help="read image headers only (misses truncated files)")
+    check.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes decoding images (default: all cores)"
+    )
     check.set_defaults(run=run_check)
     info = sub.add_parser("info", help="per-split statistics")
     info.add_argument("-d", "--dataset", required=True)
@@ -21,10 +26,12 @@ def add_parser(commands) -> None:
 
 def run_check(args, argv) -> int:
     from tbps_bench.adapters import load_dataset
+    from tbps_bench.cli.eval_cmd import check_workers
     from tbps_datasets.check import check_dataset
 
+    check_workers(args.workers)
     dataset = load_dataset(args.dataset, args.root)
-    report = check_dataset(dataset)
+    report = check_dataset(dataset, quick=args.quick, workers=args.workers)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1, allow_nan=False))
     else:

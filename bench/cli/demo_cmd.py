@@ -37,6 +37,40 @@ def _trained(method: str, args, argv) -> Path:
     return train(method, DATASET, options, argv)
 
 
+def _committed(leaderboards: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(method, direction) -> (R@1, CI low, CI high) on the toy-pedes page as it stood before this run."""
+    import pandas as pd
+
+    page = leaderboards / f"{DATASET}.csv"
+    if not page.is_file():
+        return {}
+    frame = pd.read_csv(page)
+    ours = frame[(frame["source"] == "this project") & (frame["split"] == "test")]
+    return {
+        (row.method.split(" ")[0], row.direction): (row.R1, row.R1_ci_low, row.R1_ci_high)
+        for row in ours.itertuples()
+    }
+
+
+def _compare(fresh: dict[str, dict], committed: dict[tuple[str, str], tuple[float, float, float]]) -> None:
+    """This run's R@1 beside the committed leaderboard's, and whether it falls in the committed 95 % CI."""
+    if not committed:
+        _say("no committed toy-pedes leaderboard to compare with")
+        return
+    for key, metrics in fresh.items():
+        method = key.split(" @ ")[0]
+        for direction in ("t2i", "i2t"):
+            if (method, direction) not in committed:
+                continue
+            r1, low, high = committed[(method, direction)]
+            now = metrics[direction]["R1"]
+            verdict = "inside" if low <= now <= high else "OUTSIDE"
+            _say(
+                f"{method} {direction} R@1 {now:.2f}; committed {r1:.2f} (95% CI {low:.2f}-{high:.2f}): {verdict} "
+                "the committed interval"
+            )
+
+
 def run(args, argv) -> int:
     from tbps_bench.cli.tables import metrics_table
     from tbps_bench.harness import EvalOptions, load_eval_split, run_eval
@@ -48,6 +82,7 @@ def run(args, argv) -> int:
     split = load_eval_split(DATASET, None, "test")
     _say(f"{DATASET} test split: {split.counts()}")
     checkpoints = {method: _trained(method, args, argv) for method in DEMO_METHODS}
+    committed = _committed(Path(args.leaderboards))
     results = Path(args.leaderboards) / "results" / "demo"
     if results.exists():
         shutil.rmtree(results)  # the demo's own previous results: one set of rows, not one per demo run
@@ -61,6 +96,7 @@ def run(args, argv) -> int:
             rows[f"{method} @ {DATASET}/test"] = load_result(path)["metrics"]
     report = build_leaderboards(Path(args.leaderboards) / "results", args.leaderboards)
     print(metrics_table(rows))
+    _compare(rows, committed)
     minutes = (time.perf_counter() - started) / 60
     _say(f"done in {minutes:.1f} min")
     _say(f"training runs and checkpoints: {args.runs}/<method>/{DATASET}/seed0/")

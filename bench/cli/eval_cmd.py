@@ -46,15 +46,35 @@ def parse_method_args(pairs: list[str]) -> dict:
     return parsed
 
 
+def names_of(value: str, flag: str, kind: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise BenchError(f"{flag} {value!r} names no {kind}; give one or more names separated by commas")
+    return names
+
+
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (0 loads images in the main process), got {workers}")
+
+
 def run(args, argv) -> int:
     from tbps_bench.cli.tables import metrics_table
-    from tbps_bench.harness import EvalOptions, run_eval
+    from tbps_bench.fileio import check_writable_folder
+    from tbps_bench.harness import EvalOptions, check_method_arguments, run_eval
     from tbps_bench.results import load_result
 
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit must be >= 1, got {args.limit}")
+    check_workers(args.workers)
+    methods = names_of(args.methods, "-m/--methods", "method")
+    datasets = names_of(args.datasets, "-d/--datasets", "dataset")
+    check_writable_folder(args.out, "--out")
+    method_args = parse_method_args(args.method_arg)
+    for method in methods:  # every method's arguments are checked before anything is encoded
+        check_method_arguments(method, method_args, args.checkpoint)
     options = EvalOptions(
         data_root=args.data_root,
         checkpoint=args.checkpoint,
@@ -65,12 +85,10 @@ def run(args, argv) -> int:
         out_dir=args.out,
         split=args.split,
         seed=args.seed,
-        method_args=parse_method_args(args.method_arg),
+        method_args=method_args,
         use_cache=not args.no_cache,
         workers=args.workers,
     )
-    methods = [m for m in args.methods.split(",") if m]
-    datasets = [d for d in args.datasets.split(",") if d]
     failures, rows = [], {}
     for dataset in datasets:
         for method in methods:
@@ -79,9 +97,11 @@ def run(args, argv) -> int:
                     result = load_result(path)
                     rows[f"{method} @ {dataset}/{result['dataset']['split']}"] = result["metrics"]
                     print(f"wrote {path}", file=sys.stderr)
-            except BenchError as exc:
-                failures.append(f"{method} on {dataset}: {exc}")
-                print(f"error: {method} on {dataset}: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - one method's failure never stops the others
+                message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+                message = " ".join(message.split())  # one line, whatever a library put in its message
+                failures.append(f"{method} on {dataset}: {message}")
+                print(f"error: {method} on {dataset}: {message}", file=sys.stderr)
     if rows:
         print(metrics_table(rows))
     if failures:

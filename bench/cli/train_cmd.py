@@ -35,15 +35,20 @@ def add_parser(commands) -> None:
 
 
 def run(args, argv) -> int:
-    from tbps_bench.cli.eval_cmd import parse_method_args
+    from tbps_bench.cli.eval_cmd import check_workers, parse_method_args
+    from tbps_bench.fileio import check_writable_folder
+    from tbps_bench.harness import check_method_arguments
     from tbps_bench.training import TrainOptions, train
 
     for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
             raise BenchError(f"{flag} must be >= 1, got {value}")
+    check_workers(args.workers)
+    check_writable_folder(args.out, "--out")
     method_args = parse_method_args(args.method_arg)
     if args.config:
         method_args["config"] = args.config
+    check_method_arguments(args.method, method_args, None)
     options = TrainOptions(
         data_root=args.data_root,
         out_dir=args.out,

@@ -141,11 +141,7 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
     complete: list[dict[str, Any]] = []
     for path in files:
         try:
-            result = load_result(path)
-            for direction in ("t2i", "i2t"):
-                ranks = result.get("per_query", {}).get(f"{direction}_first_hit_rank")
-                if not isinstance(ranks, list) or not ranks:
-                    raise BenchError(f"{path}: field 'per_query.{direction}_first_hit_rank' is missing or empty")
+            result = load_result(path)  # validates per_query against the metrics
         except BenchError as exc:
             if not skip_invalid:
                 raise BenchError(f"{exc} (use --skip-invalid to build without it)") from exc

@@ -10,6 +10,7 @@ same-identity pair of the batch as a positive (``infonce``).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class ClipMethod(Trainable, Method):
         try:
             self.network.clip = PersonClip(CLIPModel.from_pretrained(str(folder), local_files_only=True))
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            # tokenize() sees whole captions, counts and cuts them itself: no "indexing errors" warning
+            self.tokenizer.model_max_length = sys.maxsize
         except (OSError, ValueError) as exc:
             raise BenchError(f"cannot load CLIP from {folder}: {exc}") from exc
         self.folder = folder

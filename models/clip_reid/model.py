@@ -14,11 +14,11 @@ import pickle
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from tbps_bench.checkpoints import load_state
 from tbps_bench.errors import BenchError
 from tbps_models.clip_reid.architecture import ClipArchitecture, infer_architecture, to_transformers
 from tbps_models.clip_reid.backbone import PersonClip
@@ -182,24 +182,12 @@ def load_checkpoint(
     except StopIteration as exc:
         unknown = sorted(k for k in clip_state if not k.startswith(("visual.", "transformer.")))[:3]
         raise BenchError(f"{source}: unexpected CLIP keys {unknown}; expected OpenAI CLIP key names") from exc
-    _load_exactly(model.backbone.clip, mapped, source, "CLIP")
+    # position ids are buffers; IRRA keeps its temperature outside the CLIP state (unused in evaluation)
+    load_state(model.backbone.clip, mapped, source, "CLIP", optional=("position_ids", "logit_scale"))
     used = set(CLIP_PREFIX + k for k in clip_state)
     for attribute, (prefix, direct) in heads.items():
         head_state = _head_state(state, prefix, direct)
-        _load_exactly(getattr(model, attribute), head_state, source, prefix.rstrip("."))
+        load_state(getattr(model, attribute), head_state, source, prefix.rstrip("."))
         used |= {k for k in state if k.startswith(tuple(prefix + part for part in (direct, *_HEAD_PARTS)))}
     model.ignored = dict(Counter(key.split(".")[0] for key in state if key not in used))
     return model.eval()
-
-
-def _load_exactly(module: nn.Module, state: dict[str, Any], source: str, what: str) -> None:
-    expected = module.state_dict()
-    # position ids are buffers; IRRA keeps its temperature outside the CLIP state (unused in evaluation)
-    missing = sorted(k for k in expected if k not in state and not k.endswith(("position_ids", "logit_scale")))
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        detail = {"missing": missing[:3], "unexpected": unexpected[:3], "wrong shape": wrong[:3]}
-        shown = "; ".join(f"{name} {keys}" for name, keys in detail.items() if keys)
-        raise BenchError(f"{source}: the {what} weights do not fit the architecture read off the file: {shown}")
-    module.load_state_dict(state, strict=False)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method, Trainable
@@ -101,10 +102,11 @@ class CmpmCmpcMethod(Trainable, Method):
         self.vocabulary = stored["vocabulary"] if stored else [PAD, UNKNOWN]
         self._build_text()
         if stored is not None:
-            tensors = load_file(str(Path(self.checkpoint) / "model.safetensors"))
+            weights = Path(self.checkpoint) / "model.safetensors"
+            tensors = read_tensors(weights, self.name)
             if "classifier" in tensors:  # the identity classifier is a training-only head
                 self.network.classifier = nn.Parameter(torch.empty_like(tensors["classifier"]))
-            self.network.load_state_dict(tensors)
+            load_state(self.network, tensors, str(weights), self.name)
             self.training_record = stored.get("meta") or None
 
     def _build_text(self) -> None:
@@ -112,10 +114,12 @@ class CmpmCmpcMethod(Trainable, Method):
         self.network.text_encoder = TextEncoder(len(self.vocabulary), 300, 512, self.settings["dim"])
 
     def _read_checkpoint(self) -> dict[str, Any]:
-        folder = Path(self.checkpoint)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise BenchError(f"{folder} is not a cmpm-cmpc checkpoint: expected config.json and model.safetensors")
-        return json.loads((folder / "config.json").read_text())
+        path = Path(self.checkpoint) / "config.json"
+        stored = read_json(path, self.name)
+        for key, kind in (("settings", dict), ("vocabulary", list)):
+            if not isinstance(stored.get(key), kind):
+                raise BenchError(f"{path}: no '{key}'; this is not a cmpm-cmpc checkpoint (another method's folder?)")
+        return stored
 
     def arguments(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.items() if k != "size"}

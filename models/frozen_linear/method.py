@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, write_json_atomic
 from tbps_bench.methods import Features, FrozenBackbone, Method, Trainable
@@ -52,6 +53,8 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
         self.text_folder = Path(folder)
         self.text_name = self.text_folder.name if text_encoder else "all-MiniLM-L6-v2"
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        # tokenize() sees whole captions, counts and cuts them itself: no "indexing errors" warning
+        self.tokenizer.model_max_length = sys.maxsize
         self.image_weights = str(Path(image_weights).resolve()) if image_weights else "packaged"
         text_encoder_model = AutoModel.from_pretrained(folder, local_files_only=True)
         self.network.backbone = nn.ModuleDict(
@@ -139,12 +142,12 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
 
     def _load(self, folder: Path) -> None:
         weights = folder / "projections.safetensors"
-        if not weights.is_file():
-            raise BenchError(f"{folder} is not a frozen-linear checkpoint: expected projections.safetensors in it")
-        stored = json.loads((folder / "config.json").read_text())
-        if stored["config"]["dim"] != self.dim:
-            raise BenchError(
-                f"checkpoint {folder} has dim {stored['config']['dim']}; the method was built with dim {self.dim}"
-            )
-        self.network.heads.load_state_dict(load_file(str(weights)))
+        tensors = read_tensors(weights, self.name)
+        stored = read_json(folder / "config.json", self.name)
+        dim = (stored.get("config") or {}).get("dim")
+        if dim is None:
+            raise BenchError(f"{folder / 'config.json'}: no config.dim; this is not a frozen-linear checkpoint")
+        if dim != self.dim:
+            raise BenchError(f"checkpoint {folder} has dim {dim}; the method was built with dim {self.dim} (dim={dim})")
+        load_state(self.network.heads, tensors, str(weights), self.name)
         self.training_record = stored.get("meta") or None

@@ -13,6 +13,7 @@ from tbps_bench.methods import Method
 class OracleMethod(Method):
     name = "oracle"
     needs_pixels = False
+    reads_checkpoint = False
     _buckets = 4096
 
     def _embed(self, pids: torch.Tensor) -> torch.Tensor:

@@ -12,21 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tbps_bench.errors import BenchError
-from tbps_bench.fileio import sha256_file
+from tbps_bench.fileio import read_npz, sha256_file
 from tbps_bench.methods import Features, Method, PairwiseMethod, feature_count
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BenchError(f"precomputed file {path} does not exist")
+    if path.suffix == ".npz":
+        return {k: torch.from_numpy(v) for k, v in read_npz(path).items()}
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {k: torch.from_numpy(np.asarray(data[k])) for k in data.files}
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -46,11 +44,15 @@ def precomputed(file: str | None = None, label: str | None = None, **kwargs: Any
     return kind(file=file, label=label, **kwargs)
 
 
+precomputed.reads_checkpoint = False  # the file is the method's whole state
+
+
 class PrecomputedEmbeddings(Method):
     """Embeddings saved by another tool; rows checked id by id against the split."""
 
     name = "precomputed"
     needs_pixels = False
+    reads_checkpoint = False
     needed = ("text_embeddings", "image_embeddings", "text_ids", "image_ids")
 
     def __init__(self, file: str, label: str | None = None, **kwargs: Any):

@@ -14,6 +14,7 @@ class RandomMethod(Method):
 
     name = "random"
     needs_pixels = False
+    reads_checkpoint = False
 
     def __init__(self, seed: int = 0, dim: int = 64, **kwargs: Any):
         super().__init__(**kwargs)

@@ -1,0 +1,65 @@
+"""CUHK-PEDES-sized costs of exactness: the image manifest in every feature-cache key, and ``data
+check`` decoding every image. Run: ``pytest tests/test_dataset_benchmarks.py -m heavy --benchmark-enable -s``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tbps_bench.splits import EvalSplit
+
+CUHK_IMAGES = 40206
+
+
+def _split(root: Path, paths: list[str]) -> EvalSplit:
+    return EvalSplit(
+        dataset="cuhk-sized",
+        split="all",
+        image_root=root,
+        image_paths=paths,
+        image_pids=torch.zeros(len(paths), dtype=torch.int64),
+        captions=[],
+        caption_pids=torch.zeros(0, dtype=torch.int64),
+        caption_image=torch.zeros(0, dtype=torch.int64),
+        annotation_sha256="",
+    )
+
+
+@pytest.fixture(scope="module")
+def cuhk_sized_images(tmp_path_factory) -> tuple[Path, list[str]]:
+    """40,206 JPEGs of CUHK-PEDES's typical size (about 80 x 200), in CUHK's folder layout."""
+    root = tmp_path_factory.mktemp("cuhk") / "imgs"
+    rng = np.random.default_rng(0)
+    tiles = [Image.fromarray(rng.integers(0, 255, (200, 80, 3), dtype=np.uint8)) for _ in range(16)]
+    paths = []
+    for index in range(CUHK_IMAGES):
+        relative = f"train_query/p{index // 4}/{index}.jpg"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        tiles[index % 16].save(root / relative, quality=90)
+        paths.append(relative)
+    return root, paths
+
+
+@pytest.mark.heavy
+@pytest.mark.benchmark(group="cuhk-sized-images")
+def test_image_manifest_of_a_cache_key(benchmark, cuhk_sized_images):
+    root, paths = cuhk_sized_images
+    digest = benchmark.pedantic(lambda: _split(root, paths).image_manifest_sha256(), rounds=5, iterations=1)
+    assert len(digest) == 64
+
+
+@pytest.mark.heavy
+@pytest.mark.benchmark(group="cuhk-sized-images")
+@pytest.mark.parametrize(("quick", "workers"), [(False, 2), (False, 1), (True, 1)], ids=["full-2", "full-1", "quick"])
+def test_data_check_images(benchmark, cuhk_sized_images, quick, workers):
+    from tbps_datasets.check import _inspect_images
+
+    root, paths = cuhk_sized_images
+    found = benchmark.pedantic(lambda: list(_inspect_images(root, paths, quick, workers)), rounds=1, iterations=1)
+    assert len(found) == CUHK_IMAGES and {status for _, status in found} == {"ok"}
+    benchmark.extra_info["images_per_s"] = round(CUHK_IMAGES / benchmark.stats.stats.min)

@@ -1,0 +1,353 @@
+"""No wrong number, ever: cache keys, damaged files, bad arguments, images, self-contradicting results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tbps_bench import registry
+from tbps_bench.cli import main
+from tbps_bench.results import build_result, load_result, write_result
+
+PIXEL_PLUGIN = """
+import torch
+from torchvision.transforms import functional as F
+
+from tbps_bench.methods import Method
+from tbps_bench.registry import register_method
+
+
+@register_method("{name}")
+class Pixels(Method):
+    {name_line}
+
+    def image_transform(self):
+        return lambda image: F.to_tensor(F.resize(image, [16, 8]))
+
+    def tokenize(self, captions):
+        return {{"n": torch.tensor([[float(len(c) % 7), float(c.count("a"))] for c in captions])}}
+
+    def encode_images(self, batch):
+        return batch["pixels"].mean(dim=(2, 3))[:, :2] * {scale} + torch.tensor([0.0, 1.0])
+
+    def encode_texts(self, batch):
+        return batch["tokens"]["n"]
+"""
+
+
+def _plugin(folder: Path, name: str, scale: float = 1.0, named: bool = True, stem: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem or name.replace('-', '_')}.py"
+    name_line = f'name = "{name}"' if named else "pass  # no name: the class default"
+    path.write_text(PIXEL_PLUGIN.format(name=name, name_line=name_line, scale=scale))
+    return path
+
+
+def _toy_copy(tmp_path: Path) -> Path:
+    from tbps_datasets.toy import ensure_generated
+
+    copy = tmp_path / "toy"
+    shutil.copytree(ensure_generated(), copy)
+    return copy
+
+
+def _eval(args: list[str], out: Path) -> dict:
+    assert main([*args, "--out", str(out)]) == 0
+    return load_result(next(out.rglob("*.json")))
+
+
+def test_other_image_files_under_the_same_annotation_are_not_served_from_the_cache(tmp_path):
+    plugin, copy = _plugin(tmp_path / "p", "mean-pixels"), _toy_copy(tmp_path)
+    args = ["--plugin", str(plugin), "eval", "-m", "mean-pixels", "-d", "toy-pedes", "--data-root", str(copy)]
+    first = _eval(args, tmp_path / "a")
+    again = _eval(args, tmp_path / "b")
+    assert again["timings"]["cache_hits"]["images"] and again["metrics"] == first["metrics"]
+    for path in (copy / "imgs" / "test").glob("*.jpg"):  # the same annotation, test images blacked out
+        Image.new("RGB", Image.open(path).size).save(path)
+    black = _eval(args, tmp_path / "c")
+    assert not black["timings"]["cache_hits"]["images"]
+    assert black["metrics"] != first["metrics"]
+
+
+def test_methods_without_a_name_and_an_edited_plugin_get_their_own_cache_entries(tmp_path, monkeypatch):
+    a = _plugin(tmp_path / "a", "plain-a", scale=1.0, named=False)
+    b = _plugin(tmp_path / "b", "plain-b", scale=-3.0, named=False)
+    args = ["--plugin", str(a), "--plugin", str(b), "eval", "-m", "plain-a,plain-b", "-d", "toy-pedes"]
+    assert main([*args, "--limit", "40", "--out", str(tmp_path / "res")]) == 0
+    results = {r["method"]["name"]: r for r in map(load_result, (tmp_path / "res").rglob("*.json"))}
+    assert results["plain-b"]["metrics"] != results["plain-a"]["metrics"]
+    assert not results["plain-b"]["timings"]["cache_hits"]["images"]
+    # the same file name, registered name and class, edited: its source hash keys a new entry
+    edited = _plugin(tmp_path / "edited", "plain-a", scale=-3.0, named=False, stem="plain_a")
+    monkeypatch.setattr(registry.METHODS, "_entries", None)
+    monkeypatch.setattr(registry.METHODS, "_pending", [])
+    again = ["--plugin", str(edited), "eval", "-m", "plain-a", "-d", "toy-pedes", "--limit", "40"]
+    result = _eval(again, tmp_path / "edited-res")
+    assert not result["timings"]["cache_hits"]["images"]
+    assert result["metrics"] == results["plain-b"]["metrics"]
+
+
+def test_a_damaged_cache_entry_is_named_removed_and_recomputed(tmp_path, capsys):
+    args = ["eval", "-m", "random", "-d", "toy-pedes", "--limit", "20"]
+    first = _eval(args, tmp_path / "a")
+    root = Path(__import__("os").environ["TBPS_BENCH_CACHE"]) / "features"
+    damaged = sorted(root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)[-2:]
+    damaged[0].write_bytes(damaged[0].read_bytes()[:40])  # cut short
+    damaged[1].write_bytes(b"\x07" * 100)  # garbage
+    healed = _eval(args, tmp_path / "b")
+    err = capsys.readouterr().err
+    assert err.count("is unreadable") == 2 and str(damaged[0]) in err
+    assert healed["metrics"] == first["metrics"]
+    assert _eval(args, tmp_path / "c")["timings"]["cache_hits"] == {"images": True, "texts": True}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "random", "--method-arg", "dimm=128"], "method 'random' has no argument 'dimm'; did you mean 'dim'?"),
+        (["-m", ","], "-m/--methods ',' names no method"),
+        (["-m", "random", "--workers", "-1"], "--workers must be >= 0"),
+        (["-m", "random", "--checkpoint", "best.pth"], "method 'random' reads no checkpoint"),
+        (["-m", "random,oracle", "--method-arg", "seed=1"], "method 'oracle' has no argument 'seed'"),
+    ],
+)
+def test_bad_arguments_stop_before_any_work(tmp_path, capsys, args, message):
+    out = tmp_path / "res"
+    assert main(["eval", *args, "-d", "toy-pedes", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_stops_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "results.json"
+    blocker.write_text("{}")
+    for out in (blocker, blocker / "sub"):
+        assert main(["eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)]) == 2
+        assert "is a file; expected a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "{}"
+
+
+def test_one_methods_crash_does_not_stop_the_others(tmp_path, capsys):
+    plugin = tmp_path / "crash.py"
+    plugin.write_text(
+        "from tbps_bench.methods import Method\nfrom tbps_bench.registry import register_method\n"
+        "@register_method('crash')\nclass Crash(Method):\n    needs_pixels = False\n"
+        "    def encode_images(self, batch):\n        raise RuntimeError('boom\\nsecond line')\n"
+    )
+    out = tmp_path / "res"
+    args = ["--plugin", str(plugin), "eval", "-m", "crash,oracle", "-d", "toy-pedes", "--limit", "8", "--out", str(out)]
+    assert main(args) == 1
+    assert "error: crash on toy-pedes: RuntimeError: boom second line" in capsys.readouterr().err
+    assert [p.parent.name for p in out.rglob("*.json")] == ["oracle"]
+
+
+def test_a_16_bit_grey_image_stays_grey(tmp_path):
+    from tbps_bench.images import to_rgb
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((16, 8), 117 * 257, dtype=np.uint16)).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")
+        rgb = np.asarray(to_rgb(image))
+    assert rgb.shape == (16, 8, 3) and int(rgb.min()) == int(rgb.max()) == 117
+
+
+def _one_split_dataset(root: Path, images: dict[str, Image.Image]) -> None:
+    (root / "imgs").mkdir(parents=True)
+    records = []
+    for index, (name, image) in enumerate(images.items()):
+        image.save(root / "imgs" / name)
+        records.append({"split": "test", "id": index, "file_path": name, "captions": [f"a person {index}"]})
+    (root / "reid_raw.json").write_text(json.dumps(records))
+
+
+def test_data_check_decodes_every_image(tmp_path, capsys):
+    root = tmp_path / "CUHK-PEDES"
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 64, 3), dtype=np.uint8))
+    grey16 = Image.fromarray(np.full((16, 8), 117 * 257, dtype=np.uint16))
+    _one_split_dataset(root, {"a.jpg": photo, "b.jpg": photo, "c.png": grey16})
+    (root / "imgs" / "b.jpg").write_bytes((root / "imgs" / "b.jpg").read_bytes()[:1500])  # truncated JPEG
+    assert main(["data", "check", "-d", "cuhk-pedes", "--root", str(root), "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "error: 1 images are undecodable or truncated: b.jpg" in out
+    assert "1 images are 16-bit grayscale (scaled to 8 bits, then RGB, when loaded): c.png" in out
+    main(["data", "check", "-d", "cuhk-pedes", "--root", str(root), "--quick"])
+    assert "undecodable" not in capsys.readouterr().out  # headers alone cannot see a cut file
+
+
+def _result_file(tmp_path: Path) -> Path:
+    from tbps_bench.metrics import evaluate_scores
+
+    text_ids, image_ids = torch.arange(12) // 2, torch.arange(6)
+    scores = (text_ids[:, None] == image_ids[None, :]).float() + torch.randn(
+        12, 6, generator=torch.Generator().manual_seed(0)
+    )
+    result = build_result(
+        run_id="20260101T000000-aaaaaa",
+        method={"name": "mine", "arguments": {}, "trained_on": None, "checkpoint": None, "training": None},
+        dataset={"name": "toy", "split": "test", "limit": None, "counts": {"ids": 6, "images": 6, "captions": 12}},
+        retrieval=evaluate_scores(scores, text_ids, image_ids),
+        scoring="cosine",
+        timings={},
+        provenance={"git": {}},
+        partial=False,
+    )
+    return write_result(tmp_path / "results", result)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda r: r["per_query"]["t2i_first_hit_rank"].__setitem__(slice(None), [1] * 12), "gives R1 = 100.000000"),
+        (lambda r: r["per_query"]["t2i_first_hit_rank"].pop(), "has 11 queries; the result counts 12"),
+        (lambda r: r["per_query"]["i2t_first_hit_rank"].__setitem__(0, 0), "must hold integer ranks >= 1"),
+        (lambda r: r["per_query"].__setitem__("i2t_first_hit_rank", "1,2,3"), "is missing or empty"),
+        (lambda r: r["per_query"]["t2i_average_precision"].__setitem__(0, 0.0), "gives mAP"),
+        (lambda r: r["metrics"]["i2t"].__setitem__("mINP", 1.0), "'metrics.i2t.mINP' is 1.0"),
+    ],
+)
+def test_a_result_that_contradicts_itself_is_named_with_the_field(tmp_path, capsys, tamper, message):
+    path = _result_file(tmp_path)
+    result = json.loads(path.read_text())
+    tamper(result)
+    path.write_text(json.dumps(result))
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+
+
+def test_score_names_what_the_file_is(tmp_path, capsys):
+    npy, zeros = tmp_path / "scores.npy", tmp_path / "scores.npz"
+    np.save(npy, np.zeros((2, 2)))
+    zeros.write_bytes(bytes(256))
+    assert main(["score", str(npy)]) == 2
+    assert "is a .npy file (one array); expected a .npz archive" in capsys.readouterr().err
+    assert main(["score", str(zeros)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a .npz archive (a zip file): it is zero-filled" in err and "pickled" not in err
+
+
+def test_queries_without_positives_name_the_command_line_flag(tmp_path, capsys):
+    path = tmp_path / "s.npz"
+    np.savez(path, similarity=np.random.rand(3, 2), text_ids=np.array([0, 1, 9]), image_ids=np.array([0, 1]))
+    assert main(["score", str(path)]) == 2
+    assert "--skip-queries-without-positives" in capsys.readouterr().err
+    assert main(["score", str(path), "--skip-queries-without-positives", "--json"]) == 0
+    assert "skipped" in capsys.readouterr().err
+
+
+def _frozen_linear_checkpoint(tmp_path: Path) -> Path:
+    from tbps_models.frozen_linear.method import FrozenLinearMethod
+
+    folder = tmp_path / "fl"
+    FrozenLinearMethod(dim=32).save_checkpoint(folder, {"dataset": "toy-pedes"})
+    return folder
+
+
+def test_damaged_or_foreign_checkpoint_folders_are_one_line(tmp_path, capsys):
+    fl = _frozen_linear_checkpoint(tmp_path)
+    foreign = tmp_path / "nafs-like"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"config": {"trunk": "resnet18"}, "meta": {}}))
+    shutil.copy(fl / "projections.safetensors", foreign / "model.safetensors")
+    truncated, no_config, wrong = (shutil.copytree(fl, tmp_path / n) for n in ("truncated", "no-config", "wrong"))
+    weights = truncated / "projections.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    (no_config / "config.json").unlink()
+    (wrong / "config.json").write_text(json.dumps({"config": {"dim": 16}, "meta": {}}))
+    cases = [
+        ("cmpm-cmpc", foreign, ["--method-arg", "trunk=resnet18"], "no 'settings'; this is not a cmpm-cmpc checkpoint"),
+        ("frozen-linear", truncated, ["--method-arg", "dim=32"], "unreadable tensors"),
+        (
+            "frozen-linear",
+            no_config,
+            ["--method-arg", "dim=32"],
+            "is not a frozen-linear checkpoint: config.json is missing",
+        ),
+        ("frozen-linear", wrong, ["--method-arg", "dim=32"], "has dim 16; the method was built with dim 32"),
+    ]
+    for method, folder, extra, message in cases:
+        out = tmp_path / f"res-{folder.name}"
+        args = ["eval", "-m", method, "-d", "toy-pedes", "--limit", "8", "--checkpoint", str(folder), "--out", str(out)]
+        assert main([*args, *extra]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert len(err) == 1 and message in err[0], (method, folder.name, err)
+        assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_a_damaged_resume_file_is_one_line(tmp_path, capsys):
+    run = tmp_path / "nafs-tiny" / "toy-pedes" / "seed0"
+    run.mkdir(parents=True)
+    (run / "resume.pt").write_bytes(b"PK\x03\x04 cut short")
+    args = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--resume", "--out", str(tmp_path), "--max-steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resume.pt is unreadable" in err[0] and "delete it to start over" in err[0]
+
+
+def test_long_captions_give_no_false_indexing_warning(tmp_path, capfd):
+    from tiny_clip import write_tiny_clip
+
+    from tbps_models.clip.method import ClipMethod
+
+    method = ClipMethod(model=str(write_tiny_clip(tmp_path / "clip")))
+    capfd.readouterr()
+    tokens = method.tokenize(["a man in a long coat " * 30])
+    assert bool(tokens["truncated"][0])
+    captured = capfd.readouterr()
+    assert "indexing errors" not in captured.err + captured.out
+
+
+def test_provenance_records_the_hardware(tmp_path):
+    result = _eval(["eval", "-m", "oracle", "-d", "toy-pedes", "--limit", "8"], tmp_path)
+    hardware = result["provenance"]["hardware"]
+    assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert hardware["torch_threads"] == torch.get_num_threads() and hardware["cpu_model"]
+    assert {"cuda", "cudnn", "gpus", "deterministic_algorithms"} <= set(hardware)
+
+
+def test_ctrl_c_stops_with_130_and_writes_nothing(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "res"
+    env = {**__import__("os").environ, "PYTHONSAFEPATH": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tbps_bench", "eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(3.0)  # start-up: imports, the dataset, the method
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    # 130 once the command line runs; -2 (killed by SIGINT) if it came during Python's own start-up
+    assert child.returncode in (130, -2), err[-2000:]
+    assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_the_demo_compares_its_numbers_with_the_committed_leaderboard(tmp_path, capsys):
+    from tbps_bench.cli.demo_cmd import _committed, _compare
+
+    (tmp_path / "toy-pedes.csv").write_text(
+        "split,domain,direction,method,source,runs,R1,R1_ci_low,R1_ci_high\n"
+        "test,in-domain,t2i,nafs-tiny (config=nafs-tiny),this project,1,40.75,36.0,45.5\n"
+        "test,in-domain,i2t,nafs-tiny (config=nafs-tiny),this project,1,45.0,38.5,51.5\n"
+        "test,in-domain,t2i,NAFS,Some paper,,59.9,,\n"
+    )
+    committed = _committed(tmp_path)
+    assert committed == {("nafs-tiny", "t2i"): (40.75, 36.0, 45.5), ("nafs-tiny", "i2t"): (45.0, 38.5, 51.5)}
+    _compare({"nafs-tiny @ toy-pedes/test": {"t2i": {"R1": 32.75}, "i2t": {"R1": 44.0}}}, committed)
+    err = capsys.readouterr().err
+    assert "nafs-tiny t2i R@1 32.75; committed 40.75 (95% CI 36.00-45.50): OUTSIDE" in err
+    assert "nafs-tiny i2t R@1 44.00; committed 45.00 (95% CI 38.50-51.50): inside" in err
