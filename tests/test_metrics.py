@@ -116,19 +116,25 @@ def test_duality_t2i_of_transpose_is_i2t(clustered_embeddings):
     assert torch.equal(forward.t2i.inverse_negative_penalty, backward.i2t.inverse_negative_penalty)
 
 
-def test_compiled_kernel_equals_eager(monkeypatch, clustered_embeddings):
-    text, image, text_ids, image_ids = clustered_embeddings(n_ids=60, per_id=8, dim=16, noise=2.0)
-    scores = text @ image.T
-    scores[::7] = torch.round(scores[::7] * 4) / 4  # systematic ties on some rows
-    eager = evaluate_scores(scores, text_ids, image_ids)
-    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
-    monkeypatch.setattr(metrics_module, "_compiled_kernel", None)  # an earlier test may have compiled it
-    compiled = evaluate_scores(scores, text_ids, image_ids)
-    assert metrics_module._compiled_kernel is not None
-    for direction in ("t2i", "i2t"):
-        assert torch.equal(getattr(eager, direction).first_hit_rank, getattr(compiled, direction).first_hit_rank)
-        assert torch.equal(getattr(eager, direction).average_precision, getattr(compiled, direction).average_precision)
-    _assert_matches_brute(compiled, scores, text_ids, image_ids)
+@pytest.mark.parametrize("budget", [1, 7, 1 << 22])
+def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
+    """Ties, padded positives and every split of the candidates into steps give the exact counts."""
+    monkeypatch.setattr(metrics_module, "CANDIDATE_BUDGET", budget)
+    generator = torch.Generator().manual_seed(budget)
+    for trial in range(60):
+        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 50, 6))
+        scores = torch.randn(rows, items, generator=generator)
+        if trial % 2:
+            scores = torch.round(scores * 2) / 2  # many exact ties
+        index = torch.randint(0, items, (rows, positives), generator=generator)
+        valid = torch.rand(rows, positives, generator=generator) < 0.7
+        valid[:, 0] = True
+        thresholds = torch.where(valid, scores.gather(1, index), torch.full((rows, positives), float("inf")))
+        gallery = torch.arange(items)
+        item, threshold = scores[:, None, :], thresholds[:, :, None]
+        brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+        counts = metrics_module._count_preceding(scores, thresholds, index)
+        assert torch.equal(counts[valid].to(torch.int64), brute[valid])
 
 
 def test_cmc_curve_is_monotone_and_ends_at_r20(clustered_embeddings):

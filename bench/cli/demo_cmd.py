@@ -47,8 +47,7 @@ def _committed(leaderboards: Path) -> dict[tuple[str, str], tuple[float, float, 
     frame = pd.read_csv(page)
     ours = frame[(frame["source"] == "this project") & (frame["split"] == "test")]
     return {
-        (row.method.split(" ")[0], row.direction): (row.R1, row.R1_ci_low, row.R1_ci_high)
-        for row in ours.itertuples()
+        (row.method.split(" ")[0], row.direction): (row.R1, row.R1_ci_low, row.R1_ci_high) for row in ours.itertuples()
     }
 
 
