@@ -260,7 +260,13 @@ def test_damaged_or_foreign_checkpoint_folders_are_one_line(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"config": {"trunk": "resnet18"}, "meta": {}}))
     shutil.copy(fl / "projections.safetensors", foreign / "model.safetensors")
-    truncated, no_config, wrong = (shutil.copytree(fl, tmp_path / n) for n in ("truncated", "no-config", "wrong"))
+    names = ("truncated", "no-config", "wrong", "wrong-shape")
+    truncated, no_config, wrong, wrong_shape = (shutil.copytree(fl, tmp_path / n) for n in names)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(fl / "projections.safetensors"))
+    tensors["image_projection.weight"] = tensors["image_projection.weight"][:16]
+    save_file(tensors, str(wrong_shape / "projections.safetensors"))
     weights = truncated / "projections.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     (no_config / "config.json").unlink()
@@ -275,6 +281,7 @@ def test_damaged_or_foreign_checkpoint_folders_are_one_line(tmp_path, capsys):
             "is not a frozen-linear checkpoint: config.json is missing",
         ),
         ("frozen-linear", wrong, ["--method-arg", "dim=32"], "has dim 16; the method was built with dim 32"),
+        ("frozen-linear", wrong_shape, ["--method-arg", "dim=32"], "wrong shape image_projection.weight (16, 1280)"),
     ]
     for method, folder, extra, message in cases:
         out = tmp_path / f"res-{folder.name}"
