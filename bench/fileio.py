@@ -125,7 +125,7 @@ def read_npz(path: str | Path) -> dict[str, Any]:
             "text_ids=..., image_ids=...)"
         )
     if not head.startswith(_ZIP_MAGIC):
-        what = "empty" if not head else ("zero-filled" if not any(head) else f"starts with bytes {head[:4]!r}")
+        what = "empty" if not head else ("zero-filled" if not any(head) else f"a file starting with {head[:4]!r}")
         raise BenchError(f"{path} is not a .npz archive (a zip file): it is {what}")
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -29,7 +29,7 @@ def test_score_json_matches_python_api(tmp_path, capsys, clustered_embeddings):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("garbage", "unreadable .npz"),
+        ("garbage", "is not a .npz archive (a zip file): it is a file starting with b'not '"),
         ("missing", "missing array(s) image_ids"),
         ("nan", "similarity contains NaN or inf: 1 entry, first at flat index 5"),
         ("shape", "image_ids has 3 entries but there are 4 images"),
@@ -75,17 +75,17 @@ def test_result_file_records_everything_and_is_strict_json(tmp_path):
     (path,) = sorted(out.rglob("*.json"))
     text = path.read_text()
     result = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
-    assert result["schema_version"] == 1 and result["status"] == "complete"
+    assert result["schema_version"] == 2 and result["status"] == "complete"
     assert result["method"]["arguments"] == {"seed": 3, "dim": 64}
     assert result["method"]["origin"] == "builtin"
     assert result["dataset"]["counts"] == {"ids": 50, "images": 200, "captions": 400}
     assert len(result["dataset"]["annotation_sha256"]) == 64
     assert result["protocol"]["tie_policy"] == "stable-by-gallery-index"
     assert result["protocol"]["directions"] == ["t2i", "i2t"] and result["protocol"]["ks"] == [1, 5, 10]
-    assert len(result["per_query"]["t2i_first_hit_rank"]) == 400
-    assert len(result["per_query"]["i2t_first_hit_rank"]) == 200
+    for field in ("first_hit_rank", "average_precision", "inverse_negative_penalty"):
+        assert len(result["per_query"][f"t2i_{field}"]) == 400 and len(result["per_query"][f"i2t_{field}"]) == 200
     provenance = result["provenance"]
-    assert {"package_version", "git", "python", "libraries", "device", "seed", "argv"} <= set(provenance)
+    assert {"package_version", "git", "python", "libraries", "device", "hardware", "seed", "argv"} <= set(provenance)
     assert "--out" in provenance["argv"]
     assert str(tmp_path) not in text and "/root" not in text and "/home" not in text
     assert not list(out.rglob("*.tmp"))
@@ -109,12 +109,12 @@ def test_limit_marks_the_result_partial(tmp_path):
     assert result["status"] == "partial" and result["dataset"]["counts"]["images"] == 40
 
 
-def test_unknown_method_suggests_and_other_methods_still_run(tmp_path, capsys):
+def test_an_unknown_method_stops_the_command_before_any_work(tmp_path, capsys):
     out = tmp_path / "results"
-    assert main(["eval", "-m", "oracel,oracle", "-d", "toy-pedes", "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "unknown method 'oracel'; did you mean 'oracle'?" in err
-    assert [r["method"]["name"] for r in _results(out)] == ["oracle"]
+    assert main(["eval", "-m", "oracle,oracel", "-d", "toy-pedes", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'oracel'; did you mean 'oracle'?" in err[0]
+    assert not out.exists()
 
 
 def test_list_shows_builtins_with_origin(capsys):
