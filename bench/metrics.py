@@ -2,14 +2,15 @@
 
 Every metric of a query follows from the 1-based ranks of its positives. With ties broken by
 gallery index, the gallery order is the total order on (-score, gallery index), so a positive's rank
-is one plus the number of gallery items before it in that order: a count, not a sort. Only items
-scoring at least a query's lowest positive are compared with its positives, exactly and with ties
-broken by index, so the count is identical on every device and chunk size. The full Q x G matrix
+is one plus the number of gallery items before it in that order: a count, not a sort, exact for
+ties and identical on every device and chunk size (see ``_count_preceding``). The full Q x G matrix
 is never held: queries are processed in chunks whose score block fits a memory budget.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -110,21 +111,28 @@ def _positive_table(query_ids: torch.Tensor, gallery_ids: torch.Tensor) -> _Posi
 # --------------------------------------------------------------------------- kernel
 
 
-#: (candidate item, positive) comparisons per step of the counting kernel: bounds its extra memory
+#: (candidate item, positive) comparisons per step of the candidate kernel: bounds its extra memory
 #: (about 17 bytes each: the gathered threshold, gallery index, comparison and count)
 CANDIDATE_BUDGET = 1 << 22
+#: below this many (row, positive, item) comparisons compiling the full comparison does not pay
+_COMPILE_THRESHOLD = 50_000_000
+_compiled: dict[str, object] = {}
 
 
-def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """For each (row, k): how many gallery items precede the item ``index[row, k]`` whose score is
-    ``thresholds[row, k]``, in the order (descending score, ascending gallery index).
+def _count_all(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Every (positive, item) comparison at once: what the compiled kernel fuses into one loop."""
+    gallery = torch.arange(scores.shape[1], device=scores.device)
+    item, threshold = scores[:, None, :], thresholds[:, :, None]
+    ahead = (item > threshold) | ((item == threshold) & (gallery[None, None, :] < index[:, :, None]))
+    return ahead.sum(-1, dtype=torch.int32)
 
-    Only an item scoring at least a row's lowest positive can precede any of its positives, and for a
-    useful model those are few (about the rank of the last positive). One comparison with that
-    lowest threshold selects them; each candidate is then compared exactly with every positive,
-    ties broken by index. Plain tensor operations: no compilation, the same on every device."""
+
+def _count_candidates(
+    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, candidate: torch.Tensor
+) -> torch.Tensor:
+    """Compare only the candidates (items scoring at least the row's lowest positive) with each
+    positive, in steps whose (candidate, positive) pairs fit ``CANDIDATE_BUDGET``."""
     rows_total, positives = thresholds.shape
-    candidate = scores >= thresholds.amin(dim=1, keepdim=True)
     cumulative = torch.cumsum(candidate.sum(dim=1), 0)
     counts = torch.zeros(rows_total, positives, dtype=torch.int32, device=scores.device)
     per_step = max(CANDIDATE_BUDGET // positives, 1)
@@ -139,6 +147,37 @@ def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torc
         counts[start:stop].index_add_(0, rows, ahead.to(torch.int32))
         start = stop
     return counts
+
+
+def _compiled_count(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+    """The full comparison compiled into one loop, or None where compiling is off or fails."""
+    if os.environ.get("TBPS_BENCH_NO_COMPILE") == "1" or _compiled.get("failed"):
+        return None
+    if "kernel" not in _compiled:
+        _compiled["kernel"] = torch.compile(_count_all, dynamic=True)
+    try:
+        return _compiled["kernel"](scores, thresholds, index)
+    except Exception as exc:  # noqa: BLE001 - no C compiler, an unsupported platform: stay eager
+        _compiled["failed"] = True
+        print(f"note: torch.compile is unavailable ({type(exc).__name__}); counting ranks eagerly", file=sys.stderr)
+        return None
+
+
+def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """For each (row, k): how many gallery items precede the item ``index[row, k]`` whose score is
+    ``thresholds[row, k]``, in the order (descending score, ascending gallery index).
+
+    Only an item scoring at least a row's lowest positive can precede any of its positives; for a
+    useful model those are few (about the rank of the last positive), and comparing just them is the
+    fastest exact count, in plain tensor operations. When they are most of the gallery (positives
+    ranked deep), the full comparison compiled into one loop is faster, if torch.compile works here."""
+    candidate = scores >= thresholds.amin(dim=1, keepdim=True)
+    comparisons = int(candidate.sum()) * thresholds.shape[1]
+    if comparisons > scores.numel() and scores.numel() * thresholds.shape[1] >= _COMPILE_THRESHOLD:
+        counted = _compiled_count(scores, thresholds, index)
+        if counted is not None:
+            return counted
+    return _count_candidates(scores, thresholds, index, candidate)
 
 
 def _ranks_in_block(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:

@@ -116,10 +116,49 @@ def test_duality_t2i_of_transpose_is_i2t(clustered_embeddings):
     assert torch.equal(forward.t2i.inverse_negative_penalty, backward.i2t.inverse_negative_penalty)
 
 
+def _deep_positives_problem(seed: int = 0):
+    """Positives ranked deep (most items are candidates of some positive), with exact ties."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.round(torch.randn(40, 300, generator=generator) * 4) / 4
+    index = torch.randint(0, 300, (40, 6), generator=generator)
+    thresholds = scores.gather(1, index)
+    gallery = torch.arange(300)
+    item, threshold = scores[:, None, :], thresholds[:, :, None]
+    brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+    return scores, thresholds, index, brute
+
+
+def test_deep_positives_use_the_compiled_count_and_agree(monkeypatch):
+    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
+    monkeypatch.setattr(metrics_module, "_compiled", {})  # an earlier test may have compiled it
+    scores, thresholds, index, brute = _deep_positives_problem()
+    counts = metrics_module._count_preceding(scores, thresholds, index)
+    assert "kernel" in metrics_module._compiled and not metrics_module._compiled.get("failed")
+    assert torch.equal(counts.to(torch.int64), brute)
+
+
+def test_a_failing_compile_falls_back_to_the_exact_eager_count(monkeypatch, capsys):
+    def broken(function, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C compiler")
+
+        return run
+
+    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
+    monkeypatch.setattr(metrics_module, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    scores, thresholds, index, brute = _deep_positives_problem(1)
+    assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
+    assert "torch.compile is unavailable (RuntimeError)" in capsys.readouterr().err
+    assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
+    assert capsys.readouterr().err == ""  # said once
+
+
 @pytest.mark.parametrize("budget", [1, 7, 1 << 22])
 def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
     """Ties, padded positives and every split of the candidates into steps give the exact counts."""
     monkeypatch.setattr(metrics_module, "CANDIDATE_BUDGET", budget)
+    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 1 << 62)  # the candidate path, always
     generator = torch.Generator().manual_seed(budget)
     for trial in range(60):
         rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 50, 6))
@@ -133,7 +172,8 @@ def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
         gallery = torch.arange(items)
         item, threshold = scores[:, None, :], thresholds[:, :, None]
         brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
-        counts = metrics_module._count_preceding(scores, thresholds, index)
+        candidate = scores >= thresholds.amin(dim=1, keepdim=True)
+        counts = metrics_module._count_candidates(scores, thresholds, index, candidate)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid])
 
 
