@@ -82,8 +82,14 @@ def accepted_arguments(factory: Any) -> set[str]:
 
 
 def check_method_arguments(name: str, args: dict[str, Any], checkpoint: str | None) -> None:
-    """Unknown arguments and a checkpoint the method never reads stop the command before any work."""
-    factory = METHODS.load(name)
+    """Unknown names and arguments, and a checkpoint the method never reads, stop the command before
+    any work. A plugin that fails to import is left to the run, which reports it while the other
+    methods complete."""
+    METHODS.entry(name)  # an unknown name: did-you-mean, before any work
+    try:
+        factory = METHODS.load(name)
+    except BenchError:
+        return
     accepted = accepted_arguments(factory)
     for key in sorted(args):
         if key not in accepted:

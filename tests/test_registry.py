@@ -168,3 +168,14 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch, capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "ones-ep-entry" in listing and "entry point (ep-plugin)" in listing
+
+
+def test_a_plugin_that_fails_to_import_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    from tbps_bench import registry
+
+    monkeypatch.setattr(registry.METHODS, "_entries", None)
+    monkeypatch.setattr(registry.METHODS, "_pending", [registry.Entry("broken", "no_such_module:X", "python")])
+    out = tmp_path / "res"
+    assert main(["eval", "-m", "broken,oracle", "-d", "toy-pedes", "--limit", "8", "--out", str(out)]) == 1
+    assert "error: broken on toy-pedes: method 'broken' (python) failed to load" in capsys.readouterr().err
+    assert [p.parent.name for p in out.rglob("*.json")] == ["oracle"]
