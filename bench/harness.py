@@ -156,7 +156,8 @@ def encode_split(
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     image_features, image_hit = cache.get_or_compute(
-        {**common, "modality": "image", "images": split.image_manifest_sha256()},
+        # the image files' manifest costs stat calls: only a cache that is read or written needs it
+        {**common, "modality": "image", "images": split.image_manifest_sha256() if cache.enabled else None},
         lambda: encode_images(method, split, options.batch_size, options.amp, options.workers),
     )
     if frozen and project:

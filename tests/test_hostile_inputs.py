@@ -282,6 +282,7 @@ def test_damaged_or_foreign_checkpoint_folders_are_one_line(tmp_path, capsys):
         ),
         ("frozen-linear", wrong, ["--method-arg", "dim=32"], "has dim 16; the method was built with dim 32"),
         ("frozen-linear", wrong_shape, ["--method-arg", "dim=32"], "wrong shape image_projection.weight (16, 1280)"),
+        ("nafs-tiny", fl, [], "no 'config' with a text_encoder; this is not a NAFS checkpoint"),
     ]
     for method, folder, extra, message in cases:
         out = tmp_path / f"res-{folder.name}"

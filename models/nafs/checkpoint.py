@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_models.nafs.config import NafsConfig
@@ -93,14 +94,13 @@ def save_own_checkpoint(
 def read_own_checkpoint(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """(config with an absolute text-encoder path, metadata, tensors) of a folder written above."""
     folder = Path(folder)
-    config_file, weights_file = folder / OWN_CONFIG, folder / OWN_WEIGHTS
-    if not config_file.is_file() or not weights_file.is_file():
-        raise BenchError(f"{folder} is not a tbps-bench checkpoint: expected {OWN_CONFIG} and {OWN_WEIGHTS} in it")
-    try:
-        stored = json.loads(config_file.read_text())
-        tensors = load_file(str(weights_file))
-    except Exception as exc:  # noqa: BLE001 - safetensors and json raise their own types
-        raise BenchError(f"cannot read checkpoint {folder}: {exc}") from exc
+    stored = read_json(folder / OWN_CONFIG, "NAFS")
+    if not isinstance(stored.get("config"), dict) or "text_encoder" not in stored["config"]:
+        raise BenchError(
+            f"{folder / OWN_CONFIG}: no 'config' with a text_encoder; this is not a NAFS checkpoint "
+            "(another method's folder?)"
+        )
+    tensors = read_tensors(folder / OWN_WEIGHTS, "NAFS")
     config = dict(stored["config"])
     config["text_encoder"] = str(folder / config["text_encoder"])
     config["text_encoder_pretrained"] = False
@@ -112,11 +112,7 @@ def load_own_checkpoint(folder: str | Path):
     config, meta, tensors = read_own_checkpoint(folder)
     model = Nafs(NafsConfig.from_dict(config, str(folder)))
     network = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
-    missing, unexpected = model.load_state_dict(network, strict=False)
-    if missing or unexpected:
-        raise BenchError(
-            f"checkpoint {folder} does not fit its own config: missing {missing[:2]}, unexpected {unexpected[:2]}"
-        )
+    load_state(model, network, str(Path(folder) / OWN_WEIGHTS), "NAFS")
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return model.eval(), meta, extra
 
