@@ -61,17 +61,20 @@ def read_image(split: EvalSplit, index: int, transform: Callable[[Any], torch.Te
         raise BenchError(f"cannot read image {split.image_paths[index]} (index {index}): {exc}") from exc
 
 
+def pad_to(tensor: torch.Tensor, trailing: list[int]) -> torch.Tensor:
+    """Zero-pad the trailing sizes of ``tensor`` (variable-length text features) up to ``trailing``."""
+    sizes = zip(reversed(tensor.shape[1:]), reversed(trailing), strict=True)
+    pad = [p for size, want in sizes for p in (0, want - size)]
+    return torch.nn.functional.pad(tensor, pad) if any(pad) else tensor
+
+
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate batches whose trailing sizes differ (variable-length text features): zero-pad."""
+    """Concatenate batches whose trailing sizes differ: zero-pad to the largest."""
     widest = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
-    padded = []
-    for t in tensors:
-        pad = [p for size, want in zip(reversed(t.shape[1:]), reversed(widest), strict=True) for p in (0, want - size)]
-        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
-    return torch.cat(padded)
+    return torch.cat([pad_to(t, widest) for t in tensors])
 
 
-def _concat(parts: list[Features]) -> Features:
+def concat_features(parts: list[Features]) -> Features:
     return {key: _cat_padded([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -98,10 +101,16 @@ def _batches(total: int, batch_size: int) -> Iterator[slice]:
 
 
 @torch.inference_mode()
-def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, workers: int = 0) -> Features:
+def encode_images(
+    method: Method, split: EvalSplit, batch_size: int, amp: str, workers: int = 0, rows: slice | None = None
+) -> Features:
+    """Features of the split's images (or of images ``rows``), in batches of ``batch_size``."""
     transform = method.image_transform() if method.needs_pixels else None
+    files: torch.utils.data.Dataset = _ImageFiles(split, transform)
+    if rows is not None:
+        files = torch.utils.data.Subset(files, range(rows.start, rows.stop))
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(split, transform),
+        files,
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=method.device.type == "cuda",
@@ -116,14 +125,16 @@ def encode_images(method: Method, split: EvalSplit, batch_size: int, amp: str, w
             features = as_features(method.encode_images(batch))
         _check_features(features, len(batch["index"]), who)
         parts.append(_to_cpu_float(features))
-    return _concat(parts)
+    return concat_features(parts)
 
 
 @torch.inference_mode()
-def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) -> Features:
+def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str, rows: slice | None = None) -> Features:
+    """Features of the split's captions (or of captions ``rows``), in batches of ``batch_size``."""
     parts: list[Features] = []
     who = f"method '{method.name}' encode_texts"
-    chunks = list(_batches(len(split.captions), batch_size))
+    rows = rows or slice(0, len(split.captions))
+    chunks = [slice(rows.start + b.start, rows.start + b.stop) for b in _batches(rows.stop - rows.start, batch_size)]
     for rows in progress(chunks, len(chunks), f"{split.dataset} captions"):
         captions = split.captions[rows]
         tokens = {k: v.to(method.device) for k, v in method.tokenize(captions).items()}
@@ -137,7 +148,7 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str) ->
             features = as_features(method.encode_texts(batch))
         _check_features(features, len(captions), who)
         parts.append(_to_cpu_float(features))
-    return _concat(parts)
+    return concat_features(parts)
 
 
 def count_truncated(method: Method, captions: list[str], batch_size: int) -> int | None:

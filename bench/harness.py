@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,28 @@ from typing import Any
 import torch
 
 from tbps_bench.adapters import load_dataset
-from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
+from tbps_bench.distributed import SINGLE, World, describe
+from tbps_bench.encoding import FeatureCache, concat_features, count_truncated, encode_images, encode_texts, pad_to
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
-from tbps_bench.methods import EMBEDDING, Features, FrozenBackbone, Method, PairwiseMethod, as_features
-from tbps_bench.metrics import RetrievalResult, evaluate_embeddings, evaluate_scores
+from tbps_bench.methods import (
+    EMBEDDING,
+    Features,
+    FrozenBackbone,
+    Method,
+    PairwiseMethod,
+    as_features,
+    feature_count,
+    feature_rows,
+)
+from tbps_bench.metrics import (
+    SCORE_TILE,
+    RetrievalResult,
+    Shard,
+    cosine_scorer,
+    evaluate_scores,
+    evaluate_sharded,
+)
 from tbps_bench.provenance import provenance
 from tbps_bench.registry import METHODS
 from tbps_bench.results import build_result, new_run_id, write_result
@@ -39,6 +58,8 @@ class EvalOptions:
     method_args: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True
     workers: int = 0
+    #: gallery items per score tile, and so the granularity of sharding (recorded with the result)
+    score_tile: int = SCORE_TILE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +147,12 @@ class SplitEvaluation:
     checkpoint_sha: str | None
 
 
+def shard_unit(options: EvalOptions) -> int:
+    """The granularity of sharding: whole encoding batches and whole score tiles, so that every batch
+    and every tile is the same computation for any number of processes."""
+    return math.lcm(options.batch_size, options.score_tile)
+
+
 def encode_split(
     method: Method,
     split: EvalSplit,
@@ -133,8 +160,10 @@ def encode_split(
     cache: FeatureCache,
     checkpoint_sha: str | None = None,
     project: bool = True,
-) -> tuple[Features, Features, dict[str, Any]]:
-    """Image and text features of a split, from the cache when the same encoding was done before.
+    world: World = SINGLE,
+) -> tuple[Shard, Shard, dict[str, Any]]:
+    """This process's shard of the image and text features of a split, cached per block of
+    ``shard_unit`` rows (the same entries for any number of processes).
 
     For a method with a frozen backbone, what is cached is the backbone's output (independent of
     the checkpoint) and the trained projection is applied afterwards (unless ``project`` is False:
@@ -153,25 +182,63 @@ def encode_split(
         "preprocessing": method.preprocessing(),
         "amp": options.amp,
     }
+    unit = shard_unit(options)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
-    image_features, image_hit = cache.get_or_compute(
-        # the image files' manifest costs stat calls: only a cache that is read or written needs it
-        {**common, "modality": "image", "images": split.image_manifest_sha256() if cache.enabled else None},
-        lambda: encode_images(method, split, options.batch_size, options.amp, options.workers),
+    # the image files' manifest costs stat calls: only a cache that is read or written needs it
+    image_key = {**common, "modality": "image", "images": split.image_manifest_sha256() if cache.enabled else None}
+    image_ranges = world.shards(len(split.image_paths), unit)
+    images, image_hits = _encode_blocks(
+        cache,
+        image_key,
+        image_ranges[world.rank],
+        unit,
+        lambda rows: encode_images(method, split, options.batch_size, options.amp, options.workers, rows),
+        world,
     )
     if frozen and project:
-        image_features = _projected(method.project_images, image_features, method.device)
+        images = _projected(method.project_images, images, method.device)
     timings["encode_images_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    text_features, text_hit = cache.get_or_compute(
-        {**common, "modality": "text"}, lambda: encode_texts(method, split, options.batch_size, options.amp)
+    text_ranges = world.shards(len(split.captions), unit)
+    texts, text_hits = _encode_blocks(
+        cache,
+        {**common, "modality": "text"},
+        text_ranges[world.rank],
+        unit,
+        lambda rows: encode_texts(method, split, options.batch_size, options.amp, rows),
+        world,
     )
     if frozen and project:
-        text_features = _projected(method.project_texts, text_features, method.device)
+        texts = _projected(method.project_texts, texts, method.device)
     timings["encode_texts_s"] = time.perf_counter() - start
-    timings["cache_hits"] = {"images": image_hit, "texts": text_hit}
-    return image_features, text_features, timings
+    timings["cache_hits"] = {"images": image_hits, "texts": text_hits}
+    return Shard(images, image_ranges), Shard(texts, text_ranges), timings
+
+
+def _encode_blocks(
+    cache: FeatureCache, key: dict[str, Any], rows: slice, unit: int, encode, world: World
+) -> tuple[Features, bool]:
+    """Features of ``rows``, block by block through the cache; True when every block was a hit (on
+    every process). Trailing sizes are padded to the largest over all processes, as one process
+    padding the whole split would."""
+    parts, hits = [], True
+    for start in range(rows.start, rows.stop, unit):
+        block = slice(start, min(start + unit, rows.stop))
+        features, hit = cache.get_or_compute({**key, "rows": [block.start, block.stop]}, lambda b=block: encode(b))
+        parts.append(features)
+        hits = hits and hit
+    local = concat_features(parts) if parts else None
+    layouts = [
+        item
+        for item in world.all_gather_object({k: (v.dtype, v.shape[1:]) for k, v in local.items()} if local else None)
+        if item is not None
+    ]
+    widest = {key: [max(n) for n in zip(*(item[key][1] for item in layouts), strict=True)] for key in layouts[0]}
+    if local is None:  # a process with no rows of this split (fewer blocks than processes)
+        local = {key: torch.empty((0, *widest[key]), dtype=dtype) for key, (dtype, _) in layouts[0].items()}
+    features = {key: pad_to(value, widest[key]) for key, value in local.items()}
+    return features, all(world.all_gather_object(hits))
 
 
 def _projected(project, features: Features, device: torch.device) -> Features:
@@ -180,43 +247,92 @@ def _projected(project, features: Features, device: torch.device) -> Features:
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def evaluate_split(method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache) -> SplitEvaluation:
-    """Encode (or reuse) features and compute both directions."""
+def evaluate_split(
+    method: Method, split: EvalSplit, options: EvalOptions, cache: FeatureCache, world: World = SINGLE
+) -> SplitEvaluation:
+    """Encode (or reuse) features and compute both directions, each process on its shards."""
     checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
-    image_features, text_features, timings = encode_split(method, split, options, cache, checkpoint_sha)
+    images, texts, timings = encode_split(method, split, options, cache, checkpoint_sha, world=world)
     start = time.perf_counter()
     if isinstance(method, PairwiseMethod):
-        scores = method.score_all(image_features, text_features)
-        timings["pairwise_scoring_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        retrieval = evaluate_scores(scores, split.caption_pids, split.image_pids)
+        retrieval = _evaluate_pairwise(method, split, images, texts, options.score_tile, world, timings)
         scoring = "pairwise"
     else:
-        if EMBEDDING not in image_features or EMBEDDING not in text_features:
-            raise BenchError(
-                f"method '{method.name}' returned features {sorted(image_features)} / {sorted(text_features)}; a "
-                f"dual encoder returns one embedding tensor (a PairwiseMethod scores feature dicts)"
-            )
-        image_features, text_features = image_features[EMBEDDING], text_features[EMBEDDING]
-        if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
-            raise BenchError(
-                f"method '{method.name}' returned image features {tuple(image_features.shape)} and text "
-                f"features {tuple(text_features.shape)}; expected (n, d) with the same d"
-            )
-        retrieval = evaluate_embeddings(
-            text_features.to(method.device),
-            image_features.to(method.device),
+        text_embeddings, image_embeddings = _embeddings(method, texts, images)
+        score = cosine_scorer(options.score_tile)
+        retrieval = evaluate_sharded(
+            Shard(text_embeddings, texts.ranges),
+            Shard(image_embeddings, images.ranges),
             split.caption_pids,
             split.image_pids,
-            normalize=True,
+            score,
+            score,
+            world,
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
     return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha)
 
 
-def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: list[str] | None = None) -> list[Path]:
-    """Evaluate one method on one dataset; write and return the result file(s)."""
+def _embeddings(method: Method, texts: Shard, images: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's unit-length text and image embeddings, on the method's device."""
+    if EMBEDDING not in images.features or EMBEDDING not in texts.features:
+        raise BenchError(
+            f"method '{method.name}' returned features {sorted(images.features)} / {sorted(texts.features)}; a "
+            f"dual encoder returns one embedding tensor (a PairwiseMethod scores feature dicts)"
+        )
+    text, image = texts.features[EMBEDDING], images.features[EMBEDDING]
+    if image.dim() != 2 or text.dim() != 2 or image.shape[1] != text.shape[1]:
+        raise BenchError(
+            f"method '{method.name}' returned image features {tuple(image.shape)} and text "
+            f"features {tuple(text.shape)}; expected (n, d) with the same d"
+        )
+    unit = torch.nn.functional.normalize
+    return unit(text.float(), dim=1).to(method.device), unit(image.float(), dim=1).to(method.device)
+
+
+def _evaluate_pairwise(
+    method: PairwiseMethod,
+    split: EvalSplit,
+    images: Shard,
+    texts: Shard,
+    tile: int,
+    world: World,
+    timings: dict[str, Any],
+) -> RetrievalResult:
+    """Pairwise scores tile by tile when a pair's score needs nothing else (each process scores its
+    shard); otherwise the whole matrix at once, in every process."""
+    start = time.perf_counter()
+    if not method.scores_blockwise:
+        every_image = {k: world.gather_rows(v) for k, v in images.features.items()}
+        every_text = {k: world.gather_rows(v) for k, v in texts.features.items()}
+        scores = method.score_all(every_image, every_text)
+        timings["pairwise_scoring_s"] = time.perf_counter() - start
+        return evaluate_scores(scores, split.caption_pids, split.image_pids)
+
+    def tiles(count: int) -> Iterator[slice]:
+        return (slice(t, min(t + tile, count)) for t in range(0, count, tile))
+
+    def score_texts(text_chunk: Features, image_shard: Features) -> torch.Tensor:
+        count = feature_count(image_shard)
+        blocks = [method.score_all(feature_rows(image_shard, t), text_chunk) for t in tiles(count)]
+        return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(text_chunk), 0)
+
+    def score_images(image_chunk: Features, text_shard: Features) -> torch.Tensor:
+        count = feature_count(text_shard)
+        blocks = [method.score_all(image_chunk, feature_rows(text_shard, t)).T for t in tiles(count)]
+        return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(image_chunk), 0)
+
+    retrieval = evaluate_sharded(texts, images, split.caption_pids, split.image_pids, score_texts, score_images, world)
+    timings["pairwise_scoring_s"] = time.perf_counter() - start  # scoring and ranking, interleaved
+    return retrieval
+
+
+def run_eval(
+    method_name: str, dataset_name: str, options: EvalOptions, argv: list[str] | None = None, world: World = SINGLE
+) -> list[Path]:
+    """Evaluate one method on one dataset; write and return the result file(s) (the first process
+    writes them; the others return an empty list)."""
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     split = load_eval_split(dataset_name, options.data_root, options.split).limited(options.limit)
@@ -230,16 +346,20 @@ def run_eval(method_name: str, dataset_name: str, options: EvalOptions, argv: li
     paths = []
     run_id = new_run_id()
     for part in subsets:
-        evaluation = evaluate_split(method, part, options, cache)
+        evaluation = evaluate_split(method, part, options, cache, world)
         # captions the method's tokenizer had to cut (None: its tokenizer does not report it)
         truncated = count_truncated(method, part.captions, options.batch_size)
-        if truncated:
+        if truncated and world.is_main:
             print(
                 f"note: {truncated} of {len(part.captions)} {part.dataset}/{part.split} captions are longer "
                 f"than what method '{method.name}' reads (recorded as protocol.truncated_captions)",
                 file=sys.stderr,
             )
-        paths.append(_write(method, method_name, part, evaluation, truncated, options, device, run_id, argv))
+        distributed = describe(world, device)
+        if world.is_main:
+            paths.append(
+                _write(method, method_name, part, evaluation, truncated, options, device, run_id, argv, distributed)
+            )
     return paths
 
 
@@ -253,6 +373,7 @@ def _write(
     device: torch.device,
     run_id: str,
     argv: list[str] | None,
+    distributed: dict[str, Any],
 ) -> Path:
     timings, checkpoint_sha = evaluation.timings, evaluation.checkpoint_sha
     encode_total = timings["encode_images_s"] + timings["encode_texts_s"]
@@ -285,11 +406,12 @@ def _write(
         retrieval=evaluation.retrieval,
         scoring=evaluation.scoring,
         timings=timings,
-        provenance=provenance(device, options.seed, argv),
+        provenance={**provenance(device, options.seed, argv), "distributed": distributed},
         partial=split.limit is not None,
         protocol_extra={
             "amp": options.amp,
             "batch_size": options.batch_size,
+            "score_tile": options.score_tile,
             "truncated_captions": truncated_captions,
             **method.protocol(),
         },

@@ -36,6 +36,16 @@ def as_features(output: torch.Tensor | Mapping[str, torch.Tensor]) -> Features:
     return {EMBEDDING: output} if isinstance(output, torch.Tensor) else dict(output)
 
 
+def global_batch(batch: Mapping[str, Any], value: Any) -> Any:
+    """``value`` (batch features or labels: a tensor, or dicts/tuples of them) over the global batch.
+
+    In a distributed run each process holds a slice of the batch; a batch-level loss (CMPM, CMPC,
+    SDM, InfoNCE) computed on the gathered values sees the same batch as one process would, and the
+    loop turns the gradients into the single-process ones. In one process it returns ``value``."""
+    gather = batch.get("gather")
+    return gather(value) if gather is not None else value
+
+
 def feature_count(features: Features) -> int:
     return len(next(iter(features.values())))
 
@@ -120,6 +130,13 @@ class Method:
 
 class PairwiseMethod(Method):
     """A cross-modal scorer: the score of a pair needs both items' features at once."""
+
+    @property
+    def scores_blockwise(self) -> bool:
+        """Whether a pair's score depends only on the two items (so that processes can each score
+        a block). True for ``score_all`` as defined here; a method that overrides it with scores
+        that need the whole matrix (shortlists, re-ranking) says False."""
+        return type(self).score_all is PairwiseMethod.score_all
 
     def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
         """Scores of a block, images x texts."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from tbps_bench.distributed import SINGLE, World
 from tbps_bench.errors import BenchError, first_offending
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
@@ -180,16 +182,32 @@ def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torc
     return _count_candidates(scores, thresholds, index, candidate)
 
 
-def _ranks_in_block(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+def _ranks_in_block(
+    scores: torch.Tensor, positives: torch.Tensor, gallery_start: int = 0, world: World = SINGLE
+) -> torch.Tensor:
     """1-based ranks of each query's positives, ascending, padded with 0.
 
-    scores: (c, G) float block; positives: (c, Pmax) gallery indices padded with -1. Every row has
-    at least one positive.
+    scores: (c, g) block of this rank's gallery shard, which starts at global index
+    ``gallery_start``; positives: (c, Pmax) global gallery indices padded with -1. Every row has at
+    least one positive. A positive's score comes from the rank holding it (a max over ranks, where
+    the others offer -inf); each rank counts the items of its own shard ahead of every positive, and
+    the counts add up over ranks. Counts are integers, so any world size gives the same ranks.
     """
     valid = positives >= 0
-    safe = positives.clamp(min=0)
-    thresholds = torch.where(valid, scores.gather(1, safe), torch.full_like(scores[:, :1], float("inf")))
-    ranks = _count_preceding(scores, thresholds, safe).to(torch.int64) + 1
+    local = positives - gallery_start
+    width = scores.shape[1]
+    owned = valid & (local >= 0) & (local < width)
+    if width:
+        found = scores.gather(1, local.clamp(0, width - 1))
+    else:
+        found = torch.zeros(positives.shape, dtype=scores.dtype, device=scores.device)
+    thresholds = world.all_reduce(torch.where(owned, found, torch.full_like(found, float("-inf"))), "max")
+    thresholds = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf")))
+    if width:
+        counts = _count_preceding(scores, thresholds, local)
+    else:
+        counts = torch.zeros(positives.shape, dtype=torch.int32, device=scores.device)
+    ranks = world.all_reduce(counts, "sum").to(torch.int64) + 1
     padding = torch.iinfo(torch.int64).max
     ranks = torch.sort(torch.where(valid, ranks, torch.full_like(ranks, padding)), dim=1).values
     return torch.where(ranks == padding, torch.zeros_like(ranks), ranks)
@@ -202,7 +220,11 @@ def _direction(
     ks: Sequence[int],
     skip_queries_without_positives: bool,
     direction: str,
+    gallery_start: int = 0,
+    world: World = SINGLE,
 ) -> DirectionResult:
+    """Per-query results from score blocks: (query rows, scores of those queries against this
+    rank's gallery shard, which starts at ``gallery_start``). Every rank sees every query chunk."""
     table = _positive_table(query_ids, gallery_ids)
     missing = table.count == 0
     if bool(missing.any()) and not skip_queries_without_positives:
@@ -219,7 +241,7 @@ def _direction(
         if positives.shape[0] == 0:
             continue
         block = block[keep.to(block.device)] if not bool(keep.all()) else block
-        ranks = _ranks_in_block(block, positives).cpu().to(torch.float64)
+        ranks = _ranks_in_block(block, positives, gallery_start, world).cpu().to(torch.float64)
         n = table.count[rows][keep].to(torch.float64)
         position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
         precision = torch.where(ranks > 0, position / ranks.clamp(min=1), torch.zeros_like(ranks))
@@ -307,6 +329,23 @@ def evaluate_embeddings(
     Embeddings are expected L2-normalised (pass ``normalize=True`` otherwise). The score blocks are
     computed on the embeddings' device, so CUDA tensors are evaluated on the GPU.
     """
+    text, image = check_embeddings(text_embeddings, image_embeddings, normalize)
+    score = cosine_scorer()
+    return evaluate_sharded(
+        Shard(text, [slice(0, text.shape[0])]),
+        Shard(image, [slice(0, image.shape[0])]),
+        text_ids,
+        image_ids,
+        score,
+        score,
+        ks=ks,
+        chunk_bytes=chunk_bytes,
+        skip_queries_without_positives=skip_queries_without_positives,
+    )
+
+
+def check_embeddings(text_embeddings, image_embeddings, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 (count x dim) embeddings of the same dim, finite, unit length when asked."""
     text = torch.as_tensor(text_embeddings)
     image = torch.as_tensor(image_embeddings)
     for name, emb in (("text_embeddings", text), ("image_embeddings", image)):
@@ -318,19 +357,101 @@ def evaluate_embeddings(
             f"embedding sizes differ: text_embeddings has dim {text.shape[1]}, "
             f"image_embeddings has dim {image.shape[1]}"
         )
-    tid = _as_ids("text_ids", text_ids, text.shape[0], "text embeddings")
-    iid = _as_ids("image_ids", image_ids, image.shape[0], "image embeddings")
-    text, image = text.to(torch.float32), image.to(image.device, torch.float32)
+    text, image = text.to(torch.float32), image.to(torch.float32)
     if normalize:
         text = torch.nn.functional.normalize(text, dim=1)
         image = torch.nn.functional.normalize(image, dim=1)
+    return text, image
 
-    def blocks(queries: torch.Tensor, gallery: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        step = _rows_per_chunk(gallery.shape[0], chunk_bytes)
-        gallery_t = gallery.T
-        for rows in _chunked(queries.shape[0], step):
-            yield rows, queries[rows] @ gallery_t
 
-    t2i = _direction(blocks(text, image), tid, iid, ks, skip_queries_without_positives, "t2i")
-    i2t = _direction(blocks(image, text), iid, tid, ks, skip_queries_without_positives, "i2t")
+# --------------------------------------------------------------------------- sharded evaluation
+
+#: gallery items per score tile. Every score is computed inside a tile of this width (and a query
+#: chunk padded to a multiple of ``QUERY_ROW_MULTIPLE``), so its bits do not depend on how the
+#: gallery is split across processes: BLAS libraries choose their summation order by matrix shape
+#: and thread count, and fixed tile shapes take the shape out of it.
+SCORE_TILE = 4096
+QUERY_ROW_MULTIPLE = 16
+
+
+@dataclass
+class Shard:
+    """This process's rows of a feature set split across processes (a tensor, or a dict of tensors
+    with the same rows), and every process's row range, in rank order."""
+
+    features: torch.Tensor | dict[str, torch.Tensor]
+    ranges: list[slice]
+
+    @property
+    def total(self) -> int:
+        return self.ranges[-1].stop if self.ranges else 0
+
+
+ScoreFunction = Callable[[Any, Any], torch.Tensor]
+
+
+def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
+    """Scores of a query chunk against a gallery shard, one fixed-width tile at a time."""
+
+    def score(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        rows = queries.shape[0]
+        padded = -(-rows // QUERY_ROW_MULTIPLE) * QUERY_ROW_MULTIPLE
+        queries = torch.nn.functional.pad(queries, (0, 0, 0, padded - rows))
+        gallery = gallery.to(queries.device)
+        out = torch.empty(padded, gallery.shape[0], dtype=queries.dtype, device=queries.device)
+        for start in range(0, gallery.shape[0], tile):
+            torch.mm(queries, gallery[start : start + tile].T, out=out[:, start : start + tile])
+        return out[:rows]
+
+    return score
+
+
+def _rows_of(shard: Shard, wanted: slice, world: World):
+    """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part."""
+    if isinstance(shard.features, dict):
+        return {key: _rows_of(Shard(value, shard.ranges), wanted, world) for key, value in shard.features.items()}
+    local = shard.features
+    pieces = []
+    for owner, own in enumerate(shard.ranges):
+        start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
+        if start >= stop:
+            continue
+        if owner == world.rank:
+            piece = local[start - own.start : stop - own.start]
+        else:
+            piece = torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        pieces.append(world.broadcast(piece, owner))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def evaluate_sharded(
+    texts: Shard,
+    images: Shard,
+    text_ids,
+    image_ids,
+    score_texts: ScoreFunction,
+    score_images: ScoreFunction,
+    world: World = SINGLE,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    skip_queries_without_positives: bool = False,
+) -> RetrievalResult:
+    """Both directions when each process holds a shard of the texts and of the images.
+
+    ``score_texts(text_chunk, image_shard)`` gives a (chunk x shard) block of text-to-image scores,
+    ``score_images(image_chunk, text_shard)`` the image-to-text ones. Query chunks travel to every
+    process; no process holds more than its shard of a gallery and one (chunk x shard) block, and
+    every process returns the same result, identical to the one-process result."""
+    tid = _as_ids("text_ids", text_ids, texts.total, "texts")
+    iid = _as_ids("image_ids", image_ids, images.total, "images")
+
+    def blocks(queries: Shard, gallery: Shard, score: ScoreFunction) -> Iterator[tuple[slice, torch.Tensor]]:
+        step = _rows_per_chunk(gallery.total, chunk_bytes)
+        for rows in _chunked(queries.total, step):
+            yield rows, score(_rows_of(queries, rows, world), gallery.features)
+
+    skip = skip_queries_without_positives
+    t2i_start, i2t_start = images.ranges[world.rank].start, texts.ranges[world.rank].start
+    t2i = _direction(blocks(texts, images, score_texts), tid, iid, ks, skip, "t2i", t2i_start, world)
+    i2t = _direction(blocks(images, texts, score_images), iid, tid, ks, skip, "i2t", i2t_start, world)
     return RetrievalResult(t2i=t2i, i2t=i2t)

@@ -17,6 +17,14 @@ from typing import Any
 import torch
 
 from tbps_bench.checkpoints import load_state
+from tbps_bench.distributed import (
+    SINGLE,
+    World,
+    average_gradients,
+    batch_gatherer,
+    broadcast_state,
+    synchronise_batch_norm,
+)
 from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_path, write_json_atomic
@@ -72,10 +80,14 @@ def learning_rate_factor(epoch: int, schedule: dict[str, Any]) -> float:
 
 
 class _CaptionPairs(torch.utils.data.Dataset):
-    """One training item per caption: its image, the caption and the contiguous identity label."""
+    """One training item per caption: its image, the caption and the contiguous identity label.
 
-    def __init__(self, split: EvalSplit, transform, labels: torch.Tensor):
+    An item's random augmentation is drawn from its own seed (run seed, epoch, caption index), so
+    an item looks the same whichever process or loader worker reads it."""
+
+    def __init__(self, split: EvalSplit, transform, labels: torch.Tensor, seed: int):
         self.split, self.transform, self.labels = split, transform, labels  # transform None: no pixels
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.split.captions)
@@ -89,8 +101,18 @@ class _CaptionPairs(torch.utils.data.Dataset):
             "image_index": image_index,
         }
         if self.transform is not None:
-            item["pixels"] = read_image(self.split, image_index, self.transform)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+                item["pixels"] = read_image(self.split, image_index, self.transform)
         return item
+
+
+def global_batches(count: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """The epoch's batches of item indices: a permutation cut into ``batch_size`` pieces, the last
+    dropped when incomplete (unless it is the only one)."""
+    order = torch.randperm(count, generator=generator).tolist()
+    stop = count if count <= batch_size else count - count % batch_size
+    return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
 
 
 def _merge_schedule(method: Trainable, options: TrainOptions) -> dict[str, Any]:
@@ -109,8 +131,18 @@ def run_folder(options: TrainOptions, method_name: str, dataset: str) -> Path:
     return Path(options.out_dir) / method_name / dataset / f"seed{options.seed}"
 
 
-def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list[str] | None = None) -> Path:
-    """Train ``method_name`` on the train split of ``dataset_name``; returns the selected checkpoint."""
+def train(
+    method_name: str,
+    dataset_name: str,
+    options: TrainOptions,
+    argv: list[str] | None = None,
+    world: World = SINGLE,
+) -> Path:
+    """Train ``method_name`` on the train split of ``dataset_name``; returns the selected checkpoint.
+
+    With several processes each takes its slice of every global batch, the batch-level losses see
+    the global batch, gradients are averaged and BatchNorm statistics are global: the update equals
+    one process's on the same global batch. The first process writes checkpoints and the log."""
     if options.select_on not in SELECT_CHOICES:
         raise BenchError(f"--select-on must be one of {', '.join(SELECT_CHOICES)}; got {options.select_on!r}")
     device = resolve_device(options.device)
@@ -133,14 +165,17 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
     label_of = {pid: label for label, pid in enumerate(pids)}
     labels = torch.tensor([label_of[p] for p in train_split.caption_pids.tolist()])
     method.prepare_training(len(pids), schedule, train_split)
+    synchronise_batch_norm(method.network, world)
     frozen_features = None
     if isinstance(method, FrozenBackbone):
         # the backbone never changes: its train-split features are encoded (or read from the cache) once
         encode_options = EvalOptions(batch_size=64, amp=options.amp, workers=options.workers)
-        images, texts, _ = encode_split(
-            method, train_split, encode_options, FeatureCache(enabled=options.use_cache), project=False
-        )
-        frozen_features = {"image": images, "text": texts}
+        cache = FeatureCache(enabled=options.use_cache)
+        images, texts, _ = encode_split(method, train_split, encode_options, cache, project=False, world=world)
+        frozen_features = {
+            "image": {k: world.gather_rows(v) for k, v in images.features.items()},
+            "text": {k: world.gather_rows(v) for k, v in texts.features.items()},
+        }
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
@@ -164,6 +199,7 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         print(f"resumed {folder} at epoch {start_epoch}", file=sys.stderr)
     elif resume_file.exists():
         raise BenchError(f"{folder} already holds a training run; pass --resume to continue it or use another --out")
+    broadcast_state(method.network, world)
     record_base = {
         "dataset": dataset_name,
         "annotation_sha256": train_split.annotation_sha256,
@@ -175,21 +211,23 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         "method_arguments": method.arguments(),
     }
     transform = method.train_image_transform() if frozen_features is None else None
-    pairs = _CaptionPairs(train_split, transform, labels)
+    pairs = _CaptionPairs(train_split, transform, labels, options.seed)
     log_file = folder / "log.jsonl"
-    folder.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    gather = batch_gatherer(world)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     for epoch in range(start_epoch, schedule["epochs"]):
         started = time.perf_counter()
         factor = learning_rate_factor(epoch, schedule)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
         order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+        batches = global_batches(len(pairs), schedule["batch_size"], order)
+        pairs.epoch = epoch
         loader = torch.utils.data.DataLoader(
             pairs,
-            batch_size=schedule["batch_size"],
-            shuffle=True,
-            generator=order,
-            drop_last=len(pairs) > schedule["batch_size"],
+            batch_sampler=[batch[world.shard(len(batch), 1)] for batch in batches],  # this process's slice
             num_workers=options.workers,
         )
         method.train()
@@ -206,6 +244,7 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
                 "labels": batch["label"].to(device),
                 "caption_index": batch["caption_index"],
                 "image_index": batch["image_index"],
+                "gather": gather,
             }
             if "pixels" in batch:
                 inputs["pixels"] = batch["pixels"].to(device)
@@ -219,6 +258,7 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
                 raise BenchError(f"training diverged at epoch {epoch + 1}, step {steps + 1}: loss {float(total)}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            average_gradients(parameters, world)
             scaler.step(optimizer)
             scaler.update()
             steps += 1
@@ -233,25 +273,30 @@ def train(method_name: str, dataset_name: str, options: TrainOptions, argv: list
         if select_split is not None:
             # features change every epoch, except those of a frozen backbone (cached without the weights)
             cache = FeatureCache(enabled=frozen_features is not None and options.use_cache)
-            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), cache)
+            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), cache, world)
             entry[options.select_on] = evaluation.retrieval.summary()
             score = entry[options.select_on]["t2i"]["R1"]
         else:
             score = None
         entry["seconds"] = time.perf_counter() - started
         record = {**record_base, "epoch": epoch + 1, "epochs": schedule["epochs"]}
-        method.save_checkpoint(folder / "last", record)
-        if score is None or score > best["R1"]:  # --select-on last: every epoch replaces the one before
+        improved = score is None or score > best["R1"]  # --select-on last: every epoch replaces the one before
+        if improved:
             best = {"epoch": epoch + 1, "R1": score if score is not None else -1.0}
-            method.save_checkpoint(folder / "best", record)
-        _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best)
-        with open(log_file, "a", encoding="utf-8") as log:
-            log.write(json.dumps(entry, allow_nan=False) + "\n")
-        _report(entry, options.select_on, best, schedule["epochs"])
+        if world.is_main:
+            method.save_checkpoint(folder / "last", record)
+            if improved:
+                method.save_checkpoint(folder / "best", record)
+            _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best)
+            with open(log_file, "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry, allow_nan=False) + "\n")
+            _report(entry, options.select_on, best, schedule["epochs"])
+        world.barrier()  # the next epoch (or the caller) sees this epoch's files
     if options.select_on == "last":
         best = {"epoch": best["epoch"], "R1": None}
     summary = {"method": method_name, "dataset": dataset_name, "best": best, "folder": str(folder), "argv": argv}
-    write_json_atomic(folder / "train.json", summary)
+    if world.is_main:
+        write_json_atomic(folder / "train.json", {**summary, "world_size": world.size})
     return folder / "best"
 
 

@@ -51,11 +51,37 @@ def main(argv: list[str] | None = None) -> int:
             raise KeyboardInterrupt
         return code
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_where()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); nothing further was written", file=sys.stderr)
+        print(f"error: {_where()}interrupted (Ctrl-C); nothing further was written", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _where():
+            raise
+        # in a distributed job: one line per process (a peer that stopped shows up here as a
+        # collective error); the launcher stops the other processes
+        print(f"error: {_where()}{type(exc).__name__}: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+        return 1
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+        _leave_job()
+
+
+def _where() -> str:
+    """``rank R: `` inside a distributed job, so that each process's error says which it is."""
+    if "torch.distributed" not in sys.modules:
+        return ""
+    from tbps_bench.distributed import current_world
+
+    world = current_world()
+    return f"rank {world.rank}/{world.size}: " if world.distributed else ""
+
+
+def _leave_job() -> None:
+    if "torch.distributed" not in sys.modules:
+        return
+    from tbps_bench.distributed import stop
+
+    stop()

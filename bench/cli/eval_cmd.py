@@ -30,6 +30,11 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="re-encode even when cached features exist")
     parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
+    parser.add_argument(
+        "--score-tile",
+        type=int,
+        help="gallery items per score tile (default 4096), and the granularity of sharding across processes (recorded)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -60,12 +65,15 @@ def check_workers(workers: int) -> None:
 
 def run(args, argv) -> int:
     from tbps_bench.cli.tables import metrics_table
+    from tbps_bench.distributed import start
     from tbps_bench.fileio import check_writable_folder
     from tbps_bench.harness import EvalOptions, check_method_arguments, run_eval
     from tbps_bench.results import load_result
 
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.score_tile is not None and args.score_tile < 1:
+        raise BenchError(f"--score-tile must be >= 1, got {args.score_tile}")
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit must be >= 1, got {args.limit}")
     check_workers(args.workers)
@@ -75,10 +83,11 @@ def run(args, argv) -> int:
     method_args = parse_method_args(args.method_arg)
     for method in methods:  # every method's arguments are checked before anything is encoded
         check_method_arguments(method, method_args, args.checkpoint)
+    world, device = start(args.device)
     options = EvalOptions(
         data_root=args.data_root,
         checkpoint=args.checkpoint,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
         amp=args.amp,
         limit=args.limit,
@@ -88,21 +97,24 @@ def run(args, argv) -> int:
         method_args=method_args,
         use_cache=not args.no_cache,
         workers=args.workers,
+        **({"score_tile": args.score_tile} if args.score_tile else {}),
     )
     failures, rows = [], {}
     for dataset in datasets:
         for method in methods:
             try:
-                for path in run_eval(method, dataset, options, argv):
+                for path in run_eval(method, dataset, options, argv, world):
                     result = load_result(path)
                     rows[f"{method} @ {dataset}/{result['dataset']['split']}"] = result["metrics"]
                     print(f"wrote {path}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 - one method's failure never stops the others
+                if world.distributed:  # ... except in a distributed job: its processes must stay in step
+                    raise
                 message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
                 message = " ".join(message.split())  # one line, whatever a library put in its message
                 failures.append(f"{method} on {dataset}: {message}")
                 print(f"error: {method} on {dataset}: {message}", file=sys.stderr)
-    if rows:
+    if rows and world.is_main:
         print(metrics_table(rows))
     if failures:
         print(f"{len(failures)} of {len(methods) * len(datasets)} evaluations failed", file=sys.stderr)

@@ -36,6 +36,7 @@ def add_parser(commands) -> None:
 
 def run(args, argv) -> int:
     from tbps_bench.cli.eval_cmd import check_workers, parse_method_args
+    from tbps_bench.distributed import start
     from tbps_bench.fileio import check_writable_folder
     from tbps_bench.harness import check_method_arguments
     from tbps_bench.training import TrainOptions, train
@@ -49,10 +50,11 @@ def run(args, argv) -> int:
     if args.config:
         method_args["config"] = args.config
     check_method_arguments(args.method, method_args, None)
+    world, device = start(args.device)
     options = TrainOptions(
         data_root=args.data_root,
         out_dir=args.out,
-        device=args.device,
+        device=device,
         amp=args.amp,
         resume=args.resume,
         select_on=args.select_on,
@@ -63,7 +65,9 @@ def run(args, argv) -> int:
         use_cache=not args.no_cache,
         method_args=method_args,
     )
-    best = train(args.method, args.dataset, options, argv)
+    best = train(args.method, args.dataset, options, argv, world)
+    if not world.is_main:
+        return 0
     print(f"selected checkpoint: {best}", file=sys.stderr)
     print(f"evaluate it with: tbps-bench eval -m {args.method} -d {args.dataset} --checkpoint {best}", file=sys.stderr)
     return 0

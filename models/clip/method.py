@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
-from tbps_bench.methods import Method, Trainable
+from tbps_bench.methods import Method, Trainable, global_batch
 from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD, PersonClip
 from tbps_models.losses import matching_kl
 from tbps_models.transforms import person_image_transform
@@ -151,8 +151,9 @@ class ClipMethod(Trainable, Method):
 
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         image, text = self.encode_images(batch), self.encode_texts(batch)
+        image, text, labels = global_batch(batch, (image, text, batch["labels"]))
         function = sdm_loss if self.loss_name == "sdm" else infonce_loss
-        loss = function(image, text, batch["labels"], self.temperature)
+        loss = function(image, text, labels, self.temperature)
         return {self.loss_name: loss, "total": loss}
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:

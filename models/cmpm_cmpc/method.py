@@ -21,7 +21,7 @@ from torch import nn
 from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
-from tbps_bench.methods import Method, Trainable
+from tbps_bench.methods import Method, Trainable, global_batch
 from tbps_models.local_weights import resolve_trunk_weights
 from tbps_models.losses import cmpc_loss, cmpm_loss
 from tbps_models.transforms import person_image_transform
@@ -171,9 +171,10 @@ class CmpmCmpcMethod(Trainable, Method):
 
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         image, text = self.encode_images(batch), self.encode_texts(batch)
+        image, text, labels = global_batch(batch, (image, text, batch["labels"]))
         terms = {
-            "cmpm": cmpm_loss(image, text, batch["labels"]),
-            "cmpc": cmpc_loss(image, text, batch["labels"], self.network.classifier),
+            "cmpm": cmpm_loss(image, text, labels),
+            "cmpc": cmpc_loss(image, text, labels, self.network.classifier),
         }
         return {**terms, "total": terms["cmpm"] + terms["cmpc"]}
 

@@ -13,7 +13,7 @@ from torch import nn
 from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, write_json_atomic
-from tbps_bench.methods import Features, FrozenBackbone, Method, Trainable
+from tbps_bench.methods import Features, FrozenBackbone, Method, Trainable, global_batch
 from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
 from tbps_models.losses import cmpm_loss
 from tbps_models.nafs.presets import offline_text_encoder
@@ -129,7 +129,8 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         images = self.project_images(batch["image_features"])
         texts = self.project_texts(batch["text_features"])
-        loss = cmpm_loss(images, texts, batch["labels"])
+        images, texts, labels = global_batch(batch, (images, texts, batch["labels"]))
+        loss = cmpm_loss(images, texts, labels)
         return {"cmpm": loss, "total": loss}
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:

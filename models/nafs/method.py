@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tbps_bench.errors import BenchError
-from tbps_bench.methods import Features, PairwiseMethod, Trainable
+from tbps_bench.methods import Features, PairwiseMethod, Trainable, global_batch
 from tbps_models.nafs.checkpoint import load_official_checkpoint, load_own_checkpoint, save_own_checkpoint
 from tbps_models.nafs.config import NafsConfig
 from tbps_models.nafs.losses import NafsLoss
@@ -165,6 +165,10 @@ class NafsMethod(Trainable, PairwiseMethod):
         scores, _, _ = self.model.score(image_features, text_features, text_features["length"], dtype)
         return scores
 
+    @property
+    def scores_blockwise(self) -> bool:
+        return self.shortlist <= 0 and self.rerank == "none"  # shortlists and re-ranking see the whole matrix
+
     def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
         if self.shortlist > 0:
             scores = self._shortlisted(image_features, text_features)
@@ -269,7 +273,7 @@ class NafsMethod(Trainable, PairwiseMethod):
             tokens["sub_mask"],
             self._encoder_outputs(tokens, batch["captions"]),
         )
-        return self.loss(images, texts, tokens["length"], batch["labels"])
+        return self.loss(*global_batch(batch, (images, texts, tokens["length"], batch["labels"])))
 
     def save_checkpoint(self, folder, record: dict[str, Any]) -> None:
         extra = {"W": self.loss.W} if self.loss is not None else {}

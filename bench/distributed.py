@@ -1,0 +1,261 @@
+"""Several processes, one job: the torch.distributed process group that ``torchrun`` sets up.
+
+A run is distributed when ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) starts it; otherwise ``World`` is the one process,
+and every collective below is the identity, so the single-process path runs the same code.
+
+Work is split in contiguous *shards* whose boundaries are multiples of a fixed unit (the encoding
+batch and the scoring tile). The unit never depends on the world size, so every batch and every
+score tile is the same computation whatever the number of processes: that is what makes the
+distributed numbers the single-process numbers, bit for bit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tbps_bench.errors import BenchError
+
+#: how long a collective waits for a rank that stopped before the job gives up (seconds)
+DEFAULT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1 or self.backend is not None
+
+    # -- sharding
+    def shards(self, total: int, unit: int) -> list[slice]:
+        """Contiguous slices of ``range(total)``, one per rank, cut at multiples of ``unit`` and as
+        even as whole units allow (a rank may get nothing when there are fewer units than ranks)."""
+        units = math.ceil(total / unit) if total else 0
+        cuts = [min(total, (units * r // self.size) * unit) for r in range(self.size + 1)]
+        return [slice(cuts[r], cuts[r + 1]) for r in range(self.size)]
+
+    def shard(self, total: int, unit: int) -> slice:
+        return self.shards(total, unit)[self.rank]
+
+    # -- collectives (identities in one process)
+    def _device(self) -> torch.device:
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """The element-wise sum or max over ranks (a new tensor on ``tensor``'s device)."""
+        if not self.distributed:
+            return tensor
+        moved = tensor.to(self._device()).contiguous()
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return moved.to(tensor.device)
+
+    def broadcast(self, tensor: torch.Tensor, source: int) -> torch.Tensor:
+        """``tensor`` of rank ``source`` on every rank; other ranks pass a buffer of the same shape."""
+        if not self.distributed:
+            return tensor
+        moved = tensor.to(self._device()).contiguous()
+        dist.broadcast(moved, src=source)
+        return moved.to(tensor.device)
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        if not self.distributed:
+            return [value]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    def shapes(self, tensor: torch.Tensor) -> list[tuple[int, ...]]:
+        """Every rank's shape of a tensor with the same number of dimensions everywhere."""
+        if not self.distributed:
+            return [tuple(tensor.shape)]
+        shape = torch.tensor(tensor.shape, dtype=torch.int64, device=self._device())
+        pieces = [torch.empty_like(shape) for _ in range(self.size)]
+        dist.all_gather(pieces, shape)
+        return [tuple(int(n) for n in piece) for piece in pieces]
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, concatenated in rank order; trailing sizes may differ (zero-padded to
+        the largest). Not differentiable: training gathers with ``batch_gatherer``."""
+        if not self.distributed:
+            return tensor
+        shapes = self.shapes(tensor)
+        widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
+        buffer = tensor.new_zeros(widest, device=self._device())
+        buffer[tuple(slice(0, n) for n in tensor.shape)] = tensor.detach()
+        pieces = [torch.empty_like(buffer) for _ in range(self.size)]
+        dist.all_gather(pieces, buffer)
+        return torch.cat([p[: s[0]].to(tensor.device) for p, s in zip(pieces, shapes, strict=True)])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = World()
+
+
+def current_world() -> World:
+    """The world of an initialised process group, or the single process."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
+    return SINGLE
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def start(device_option: str) -> tuple[World, str]:
+    """Join the job ``torchrun`` launched (NCCL on CUDA, gloo on the CPU) and pick this rank's
+    device: ``cuda:LOCAL_RANK`` or the CPU. Outside torchrun: the single process, device unchanged."""
+    if not launched_by_torchrun():
+        return SINGLE, device_option
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    wants_cuda = device_option.startswith("cuda") or (device_option == "auto" and torch.cuda.is_available())
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise BenchError("--device cuda was requested but no CUDA device is available on this rank")
+        if local_rank >= torch.cuda.device_count():
+            raise BenchError(
+                f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node (--nproc_per_node)"
+            )
+        torch.cuda.set_device(local_rank)
+        backend, device = "nccl", f"cuda:{local_rank}"
+    else:
+        backend, device = "gloo", "cpu"
+    if not dist.is_initialized():
+        timeout = float(os.environ.get("TBPS_BENCH_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    return current_world(), device
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def describe(world: World, device: torch.device) -> dict[str, Any]:
+    """World size, backend and every rank's host and device, for the result's provenance."""
+    from tbps_bench.provenance import describe_device
+
+    here = {"rank": world.rank, "host": socket.gethostname(), "device": describe_device(device)}
+    return {"world_size": world.size, "backend": world.backend, "ranks": world.all_gather_object(here)}
+
+
+def batch_gatherer(world: World) -> Callable[[Any], Any]:
+    """The function a method applies to its batch features (tensors, or dicts, tuples and lists of
+    them) before a batch-level loss: the global batch, in rank order, differentiable.
+
+    Every process then computes the same global loss. The gather's backward sums each row's
+    gradient over the processes, so every gradient is ``world.size`` times its single-process value
+    until ``average_gradients`` divides the sum by the world size, as data-parallel training does."""
+
+    def gather(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return _gather_differentiable(value, world) if world.distributed else value
+        if isinstance(value, dict):
+            return {key: gather(item) for key, item in value.items()}
+        if isinstance(value, tuple | list):
+            return type(value)(gather(item) for item in value)
+        return value
+
+    return gather
+
+
+def _gather_differentiable(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    from torch.distributed.nn.functional import all_gather
+
+    shapes = world.shapes(tensor)
+    widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
+    pad = [p for have, want in zip(reversed(tensor.shape), reversed(widest), strict=True) for p in (0, want - have)]
+    moved = torch.nn.functional.pad(tensor, pad).to(world._device())
+    pieces = all_gather(moved)
+    return torch.cat([piece[: shape[0]] for piece, shape in zip(pieces, shapes, strict=True)]).to(tensor.device)
+
+
+def broadcast_state(module: torch.nn.Module, world: World) -> None:
+    """Every process starts from the first process's parameters and buffers."""
+    if not world.distributed:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.copy_(world.broadcast(tensor.detach(), 0))
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
+    """Replace each gradient by its mean over the processes (one all-reduce per dtype)."""
+    if not world.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for parameter in parameters:
+        if parameter.grad is None:  # unused in this step: a zero gradient, on every process alike
+            parameter.grad = torch.zeros_like(parameter)
+        by_dtype.setdefault(parameter.grad.dtype, []).append(parameter)
+    for group in by_dtype.values():
+        flat = world.all_reduce(torch.cat([p.grad.reshape(-1) for p in group])) / world.size
+        offset = 0
+        for parameter in group:
+            count = parameter.grad.numel()
+            parameter.grad.copy_(flat[offset : offset + count].view_as(parameter.grad))
+            offset += count
+
+
+def synchronise_batch_norm(network: torch.nn.Module, world: World) -> None:
+    """Batch statistics over the global batch in every BatchNorm layer while training, as one
+    process computes them. (torch's SyncBatchNorm serves GPUs only; this serves gloo and NCCL.)"""
+    if not world.distributed:
+        return
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
+            module.forward = functools.partial(_global_batch_norm, module, world)
+
+
+def _global_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm, world: World, x: torch.Tensor) -> torch.Tensor:
+    if not module.training:
+        return type(module).forward(module, x)
+    from torch.distributed.nn.functional import all_reduce
+
+    dims = [0, *range(2, x.dim())]
+    view = [1, -1] + [1] * (x.dim() - 2)
+    comm = world._device()
+    dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
+    local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / max(x.shape[1], 1)])])
+    totals = all_reduce(local.to(comm)).to(x.device)
+    count, mean = totals[-1], totals[:-1] / totals[-1]
+    centred = x - mean.view(view)
+    variance = all_reduce((centred * centred).sum(dims).to(comm)).to(x.device) / count
+    out = centred * torch.rsqrt(variance + module.eps).view(view)
+    if module.weight is not None:
+        out = out * module.weight.view(view) + module.bias.view(view)
+    if module.track_running_stats and module.running_mean is not None:
+        with torch.no_grad():
+            module.num_batches_tracked += 1
+            momentum = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
+            unbiased = variance * count / (count - 1).clamp(min=1)
+            module.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            module.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+    return out.to(dtype)
