@@ -186,14 +186,45 @@ def batch_gatherer(world: World) -> Callable[[Any], Any]:
     return gather
 
 
-def _gather_differentiable(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    from torch.distributed.nn.functional import all_gather
+class _AllGather(torch.autograd.Function):
+    """Rows of every process (equal shapes); backward: each process's rows get the sum over the
+    processes of their gradient."""
 
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, tensor.contiguous())
+        return torch.cat(pieces)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.contiguous().clone()
+        dist.all_reduce(summed)
+        return summed.chunk(dist.get_world_size())[dist.get_rank()]
+
+
+class _AllReduce(torch.autograd.Function):
+    """The sum over processes; backward: the gradient's sum over processes."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+
+def _gather_differentiable(tensor: torch.Tensor, world: World) -> torch.Tensor:
     shapes = world.shapes(tensor)
     widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
     pad = [p for have, want in zip(reversed(tensor.shape), reversed(widest), strict=True) for p in (0, want - have)]
     moved = torch.nn.functional.pad(tensor, pad).to(world._device())
-    pieces = all_gather(moved)
+    pieces = _AllGather.apply(moved).chunk(world.size)
     return torch.cat([piece[: shape[0]] for piece, shape in zip(pieces, shapes, strict=True)]).to(tensor.device)
 
 
@@ -237,17 +268,15 @@ def synchronise_batch_norm(network: torch.nn.Module, world: World) -> None:
 def _global_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm, world: World, x: torch.Tensor) -> torch.Tensor:
     if not module.training:
         return type(module).forward(module, x)
-    from torch.distributed.nn.functional import all_reduce
-
     dims = [0, *range(2, x.dim())]
     view = [1, -1] + [1] * (x.dim() - 2)
     comm = world._device()
     dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
     local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / max(x.shape[1], 1)])])
-    totals = all_reduce(local.to(comm)).to(x.device)
+    totals = _AllReduce.apply(local.to(comm)).to(x.device)
     count, mean = totals[-1], totals[:-1] / totals[-1]
     centred = x - mean.view(view)
-    variance = all_reduce((centred * centred).sum(dims).to(comm)).to(x.device) / count
+    variance = _AllReduce.apply((centred * centred).sum(dims).to(comm)).to(x.device) / count
     out = centred * torch.rsqrt(variance + module.eps).view(view)
     if module.weight is not None:
         out = out * module.weight.view(view) + module.bias.view(view)

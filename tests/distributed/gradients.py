@@ -1,0 +1,77 @@
+"""Run under torchrun: the data-parallel gradient equals one process's gradient on the global batch.
+
+A small network with BatchNorm in both branches and batch-level losses (CMPM and CMPC, whose
+classifier is used after the gather; the layers before BatchNorm have no bias, whose gradient
+would be zero) computes its gradient with each process holding a slice of
+the global batch; the first process recomputes it alone on the whole batch and compares. Prints
+the worst relative difference and exits 1 above the tolerance given as the first argument."""
+
+import sys
+
+import torch
+
+from tbps_bench.distributed import (
+    SINGLE,
+    average_gradients,
+    batch_gatherer,
+    broadcast_state,
+    start,
+    stop,
+    synchronise_batch_norm,
+)
+from tbps_models.losses import cmpc_loss, cmpm_loss
+
+GLOBAL_BATCH = 10  # 3 processes get slices of 3, 3 and 4 rows
+
+
+def network() -> torch.nn.ModuleDict:
+    torch.manual_seed(0)
+    image = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 16),
+    )
+    text = torch.nn.Sequential(
+        torch.nn.Linear(10, 16, bias=False), torch.nn.BatchNorm1d(16), torch.nn.Tanh(), torch.nn.Linear(16, 16)
+    )
+    classifier = torch.nn.ParameterDict({"weight": torch.nn.Parameter(torch.randn(16, 4))})
+    return torch.nn.ModuleDict({"image": image, "text": text, "classifier": classifier})
+
+
+def gradients(net: torch.nn.ModuleDict, rows: slice, world) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(GLOBAL_BATCH, 3, 8, 6, generator=generator)[rows]
+    words = torch.randn(GLOBAL_BATCH, 10, generator=generator)[rows]
+    labels = torch.arange(GLOBAL_BATCH).remainder(4)[rows]
+    gather = batch_gatherer(world)
+    image, text, labels = gather((net["image"](pixels), net["text"](words), labels))
+    loss = cmpm_loss(image, text, labels) + cmpc_loss(image, text, labels, net["classifier"]["weight"])
+    loss.backward()
+    parameters = list(net.parameters())
+    average_gradients(parameters, world)
+    return {name: p.grad.clone() for name, p in net.named_parameters()}
+
+
+def main() -> int:
+    tolerance = float(sys.argv[1])
+    world, _ = start("cpu")
+    net = network()
+    synchronise_batch_norm(net, world)
+    broadcast_state(net, world)
+    shared = gradients(net, world.shard(GLOBAL_BATCH, 1), world)
+    worst = 0.0
+    if world.is_main:
+        alone = gradients(network(), slice(0, GLOBAL_BATCH), SINGLE)
+        for name, expected in alone.items():
+            scale = float(expected.abs().max())
+            worst = max(worst, float((shared[name] - expected).abs().max()) / max(scale, 1e-12))
+        print(f"worst relative gradient difference over {len(alone)} tensors: {worst:.3g}")
+    stop()
+    return 0 if worst <= tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
