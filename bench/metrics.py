@@ -444,14 +444,28 @@ def evaluate_sharded(
     every process returns the same result, identical to the one-process result."""
     tid = _as_ids("text_ids", text_ids, texts.total, "texts")
     iid = _as_ids("image_ids", image_ids, images.total, "images")
-
-    def blocks(queries: Shard, gallery: Shard, score: ScoreFunction) -> Iterator[tuple[slice, torch.Tensor]]:
-        step = _rows_per_chunk(gallery.total, chunk_bytes)
-        for rows in _chunked(queries.total, step):
-            yield rows, score(_rows_of(queries, rows, world), gallery.features)
-
-    skip = skip_queries_without_positives
-    t2i_start, i2t_start = images.ranges[world.rank].start, texts.ranges[world.rank].start
-    t2i = _direction(blocks(texts, images, score_texts), tid, iid, ks, skip, "t2i", t2i_start, world)
-    i2t = _direction(blocks(images, texts, score_images), iid, tid, ks, skip, "i2t", i2t_start, world)
+    options = {"world": world, "ks": ks, "chunk_bytes": chunk_bytes, "skip": skip_queries_without_positives}
+    t2i = rank_sharded(texts, images, tid, iid, score_texts, direction="t2i", **options)
+    i2t = rank_sharded(images, texts, iid, tid, score_images, direction="i2t", **options)
     return RetrievalResult(t2i=t2i, i2t=i2t)
+
+
+def rank_sharded(
+    queries: Shard,
+    gallery: Shard,
+    query_ids: torch.Tensor,
+    gallery_ids: torch.Tensor,
+    score: ScoreFunction,
+    direction: str,
+    world: World = SINGLE,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    skip: bool = False,
+) -> DirectionResult:
+    """One direction: every query ranked over the whole gallery, each process holding a shard of
+    both. Query chunks are sized by the whole gallery, so they are the same for any world size."""
+    step = _rows_per_chunk(gallery.total, chunk_bytes)
+    step = max(QUERY_ROW_MULTIPLE, step - step % QUERY_ROW_MULTIPLE)  # no padding rows to compute
+    blocks = ((rows, score(_rows_of(queries, rows, world), gallery.features)) for rows in _chunked(queries.total, step))
+    start = gallery.ranges[world.rank].start
+    return _direction(blocks, query_ids, gallery_ids, ks, skip, direction, start, world)

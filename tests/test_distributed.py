@@ -166,39 +166,15 @@ def test_a_failing_process_stops_the_job_with_its_one_line_and_no_result(tmp_pat
     assert not list((tmp_path / "out").glob("**/*.json"))
 
 
-SLOW_PLUGIN = """
-import pathlib
-import time
-import torch
-from tbps_bench.methods import Method
-from tbps_bench.registry import register_method
-
-
-@register_method("slow")
-class Slow(Method):
-    name = "slow"
-    needs_pixels = False
-
-    def tokenize(self, captions):
-        return {"length": torch.ones(len(captions))}
-
-    def encode_images(self, batch):
-        pathlib.Path(__file__).with_suffix(".started").touch()
-        time.sleep(600)
-
-    encode_texts = encode_images
-"""
-
-
 def test_ctrl_c_stops_every_process(tmp_path):
-    plugin = tmp_path / "slow.py"
-    plugin.write_text(SLOW_PLUGIN)
+    plugin, marker = HERE / "fixtures" / "slow_plugin.py", tmp_path / "started"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tbps_bench"]
     args = ["--plugin", str(plugin), "eval", "-m", "slow", "-d", "toy-pedes", "--out", str(tmp_path / "out")]
     env = {**os.environ, "TBPS_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    env["SLOW_PLUGIN_MARKER"] = str(marker)
     job = subprocess.Popen([*command, *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not plugin.with_suffix(".started").exists():
+    while not marker.exists():
         assert time.monotonic() < deadline and job.poll() is None, "the job never started encoding"
         time.sleep(0.2)
     os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group

@@ -328,19 +328,19 @@ def test_ctrl_c_stops_with_130_and_writes_nothing(tmp_path):
     import signal
     import time
 
+    plugin, marker = Path(__file__).parent / "fixtures" / "slow_plugin.py", tmp_path / "started"
     out = tmp_path / "res"
-    env = {**__import__("os").environ, "PYTHONSAFEPATH": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tbps_bench", "eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    time.sleep(3.0)  # start-up: imports, the dataset, the method
+    env = {**__import__("os").environ, "PYTHONSAFEPATH": "1", "SLOW_PLUGIN_MARKER": str(marker)}
+    command = [sys.executable, "-m", "tbps_bench", "--plugin", str(plugin), "eval", "-m", "slow", "-d", "toy-pedes"]
+    child = subprocess.Popen([*command, "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # interrupted in the middle of encoding
+        assert time.monotonic() < deadline and child.poll() is None, "the evaluation never started encoding"
+        time.sleep(0.1)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
-    # 130 once the command line runs; -2 (killed by SIGINT) if it came during Python's own start-up
-    assert child.returncode in (130, -2), err[-2000:]
+    assert child.returncode == 130, err[-2000:]
+    assert "interrupted (Ctrl-C)" in err
     assert not out.exists() or not list(out.rglob("*.json"))
 
 
