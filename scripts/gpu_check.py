@@ -6,13 +6,15 @@
 Parts: the CUDA test marker (``pytest -m cuda``); ``tbps-bench demo --device cuda --amp bf16`` into a
 temporary folder; the metrics kernel at ICFG-PEDES size against the GPU floor (both score matrices
 plus a top-10 per row); the NAFS scorer at CUHK-PEDES test size against the GPU's matmul rate; IRRA
-encoding throughput (ViT-B/16 at 384 x 128, bf16). Without a CUDA device every GPU part is skipped
+encoding throughput (ViT-B/16 at 384 x 128, bf16); a 1-process NCCL job under torchrun (an
+evaluation and a training step). Without a CUDA device every GPU part is skipped
 and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -130,12 +132,50 @@ def encoding() -> tuple[str, str]:
     return "ok", f"{64 / images:.0f} images/s, {64 / texts:.0f} captions/s (bf16, batch 64)"
 
 
+def nccl() -> tuple[str, str]:
+    """A 1-process NCCL job under torchrun: an evaluation and a training step on the GPU."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "tbps_bench"]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TBPS_BENCH_CACHE": str(Path(tmp) / "cache")}
+        steps = {
+            "eval": ["eval", "-m", "frozen-linear", "-d", "toy-pedes", "--device", "cuda", "--out", f"{tmp}/results"],
+            "train step": [
+                "train",
+                "-m",
+                "nafs-tiny",
+                "-d",
+                "toy-pedes",
+                "--device",
+                "cuda",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--select-on",
+                "last",
+                "--out",
+                f"{tmp}/runs",
+            ],
+        }
+        report = []
+        for name, args in steps.items():
+            start = time.perf_counter()
+            done = subprocess.run([*command, *args], capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                return "FAILED", f"{name}: {done.stderr.strip().splitlines()[-1:]}"
+            report.append(f"{name} {time.perf_counter() - start:.0f} s")
+        results = list(Path(tmp, "results").glob("*/*/*.json"))
+        backend = json.loads(results[0].read_text())["provenance"]["distributed"]["backend"] if results else None
+    return ("ok" if backend == "nccl" else "FAILED"), f"backend {backend}; " + ", ".join(report)
+
+
 PARTS: dict[str, Callable[[], tuple[str, str]]] = {
     "CUDA tests (pytest -m cuda)": cuda_tests,
     "demo --device cuda --amp bf16": demo,
     "metrics, ICFG size (19,848 x 19,848)": metrics_icfg,
     "NAFS scorer, CUHK test size (3,074 x 6,156)": nafs_cuhk,
     "irra encoding, ViT-B/16 384 x 128": encoding,
+    "torchrun, 1 process, NCCL: eval + train step": nccl,
 }
 
 
