@@ -261,8 +261,8 @@ def evaluate_split(
         text_embeddings, image_embeddings = _embeddings(method, texts, images)
         score = cosine_scorer(options.score_tile)
         retrieval = evaluate_sharded(
-            Shard(text_embeddings, texts.ranges),
-            Shard(image_embeddings, images.ranges),
+            Shard(text_embeddings.T.contiguous(), texts.ranges, items_last=True),
+            Shard(image_embeddings.T.contiguous(), images.ranges, items_last=True),
             split.caption_pids,
             split.image_pids,
             score,

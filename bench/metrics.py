@@ -9,8 +9,6 @@ is never held: queries are processed in chunks whose score block fits a memory b
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,53 +114,63 @@ def _positive_table(query_ids: torch.Tensor, gallery_ids: torch.Tensor) -> _Posi
 #: (candidate item, positive) comparisons per step of the candidate kernel: bounds its extra memory
 #: (about 17 bytes each: the gathered threshold, gallery index, comparison and count)
 CANDIDATE_BUDGET = 1 << 22
-#: below this many (row, positive, item) comparisons compiling the full comparison does not pay
-_COMPILE_THRESHOLD = 50_000_000
-_compiled: dict[str, object] = {}
-
-
-def _count_all(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Every (positive, item) comparison at once: what the compiled kernel fuses into one loop."""
-    gallery = torch.arange(scores.shape[1], device=scores.device)
-    item, threshold = scores[:, None, :], thresholds[:, :, None]
-    ahead = (item > threshold) | ((item == threshold) & (gallery[None, None, :] < index[:, :, None]))
-    return ahead.sum(-1, dtype=torch.int32)
+#: histogram bins between a row's lowest and highest positive score (the binned count)
+SCORE_BINS = 2048
 
 
 def _count_candidates(
-    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, candidate: torch.Tensor
+    scores: torch.Tensor,
+    thresholds: torch.Tensor,
+    index: torch.Tensor,
+    candidate: torch.Tensor,
+    bins: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Compare only the candidates (items scoring at least the row's lowest positive) with each
-    positive, in steps whose (candidate, positive) pairs fit ``CANDIDATE_BUDGET``."""
-    rows_total, positives = thresholds.shape
-    cumulative = torch.cumsum(candidate.sum(dim=1), 0)
-    counts = torch.zeros(rows_total, positives, dtype=torch.int32, device=scores.device)
+    """Compare only the candidate items with each positive, in steps whose (candidate, positive)
+    pairs fit ``CANDIDATE_BUDGET``. With ``bins`` (item bins, positive bins) an item is compared
+    only with the positives of its own bin."""
+    positives = thresholds.shape[1]
+    rows, columns = candidate.nonzero(as_tuple=True)  # row-major: each step is whole pairs, any rows
+    counts = torch.zeros(thresholds.shape, dtype=torch.int32, device=scores.device)
     per_step = max(CANDIDATE_BUDGET // positives, 1)
-    start = 0
-    while start < rows_total:  # rows whose candidates x positives fit the budget; at least one row
-        done = int(cumulative[start - 1]) if start else 0
-        stop = max(int(torch.searchsorted(cumulative, done + per_step, right=True)), start + 1)
-        rows, columns = candidate[start:stop].nonzero(as_tuple=True)
-        item = scores[start:stop][rows, columns][:, None]
-        threshold, position = thresholds[start:stop][rows], index[start:stop][rows]
-        ahead = (item > threshold) | ((item == threshold) & (columns[:, None] < position))
-        counts[start:stop].index_add_(0, rows, ahead.to(torch.int32))
-        start = stop
+    for start in range(0, rows.numel(), per_step):
+        row, column = rows[start : start + per_step], columns[start : start + per_step]
+        item = scores[row, column][:, None]
+        threshold, position = thresholds[row], index[row]
+        ahead = (item > threshold) | ((item == threshold) & (column[:, None] < position))
+        if bins is not None:
+            ahead &= bins[0][row, column][:, None] == bins[1][row]
+        counts.index_add_(0, row, ahead.to(torch.int32))
     return counts
 
 
-def _compiled_count(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
-    """The full comparison compiled into one loop, or None where compiling is off or fails."""
-    if os.environ.get("TBPS_BENCH_NO_COMPILE") == "1" or _compiled.get("failed"):
-        return None
-    if "kernel" not in _compiled:
-        _compiled["kernel"] = torch.compile(_count_all, dynamic=True)
-    try:
-        return _compiled["kernel"](scores, thresholds, index)
-    except Exception as exc:  # noqa: BLE001 - no C compiler, an unsupported platform: stay eager
-        _compiled["failed"] = True
-        print(f"note: torch.compile is unavailable ({type(exc).__name__}); counting ranks eagerly", file=sys.stderr)
-        return None
+def _score_bins(values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Bin of each score, 0 .. SCORE_BINS + 1: 0 below the row's lowest positive, SCORE_BINS + 1
+    far above its highest. Monotone in the score (each step is a correctly rounded IEEE operation),
+    so a higher bin always means a higher score; scores and positives go through the same steps."""
+    # non-negative after the clamp, so the conversion's truncation is the floor
+    return (values - low).mul_(scale).add_(1).clamp_(0, SCORE_BINS + 1).to(torch.int64)
+
+
+def _count_binned(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The count when many items score above the lowest positive, in a few plain passes.
+
+    Each row's scores are binned between its lowest and highest positive. Items in a higher bin than
+    a positive's are ahead of it: a histogram counts them. Only the items sharing a bin with some
+    positive (a few per positive) are compared exactly, with the tie rule."""
+    valid = torch.isfinite(thresholds)  # padding positives are +inf
+    low = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf"))).amin(1, keepdim=True)
+    high = torch.where(valid, thresholds, torch.full_like(thresholds, float("-inf"))).amax(1, keepdim=True)
+    scale = (SCORE_BINS - 1) / (high - low).clamp_min(1e-30)
+    item_bins = _score_bins(scores, low, scale)
+    positive_bins = torch.where(valid, _score_bins(thresholds, low, scale), torch.zeros_like(index))
+    histogram = torch.zeros(scores.shape[0], SCORE_BINS + 3, dtype=torch.int32, device=scores.device)
+    histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=scores.device).expand_as(item_bins))
+    at_or_above = histogram.flip(1).cumsum(1, dtype=torch.int32).flip(1)
+    counts = at_or_above.gather(1, positive_bins + 1)
+    marked = torch.zeros(scores.shape[0], SCORE_BINS + 2, dtype=torch.bool, device=scores.device)
+    marked.scatter_(1, positive_bins, valid)
+    shared = marked.gather(1, item_bins)
+    return counts + _count_candidates(scores, thresholds, index, shared, (item_bins, positive_bins))
 
 
 def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -171,15 +179,13 @@ def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torc
 
     Only an item scoring at least a row's lowest positive can precede any of its positives; for a
     useful model those are few (about the rank of the last positive), and comparing just them is the
-    fastest exact count, in plain tensor operations. When they are most of the gallery (positives
-    ranked deep), the full comparison compiled into one loop is faster, if torch.compile works here."""
+    fastest exact count. When they are many (positives ranked deep), a histogram over score bins
+    counts all but the items sharing a bin with a positive. Both are plain tensor operations: the
+    same code and speed wherever PyTorch runs, with nothing to compile."""
     candidate = scores >= thresholds.amin(dim=1, keepdim=True)
-    comparisons = int(candidate.sum()) * thresholds.shape[1]
-    if comparisons > scores.numel() and scores.numel() * thresholds.shape[1] >= _COMPILE_THRESHOLD:
-        counted = _compiled_count(scores, thresholds, index)
-        if counted is not None:
-            return counted
-    return _count_candidates(scores, thresholds, index, candidate)
+    if int(torch.count_nonzero(candidate)) * thresholds.shape[1] <= scores.numel():
+        return _count_candidates(scores, thresholds, index, candidate)
+    return _count_binned(scores, thresholds, index)
 
 
 def _ranks_in_block(
@@ -332,8 +338,8 @@ def evaluate_embeddings(
     text, image = check_embeddings(text_embeddings, image_embeddings, normalize)
     score = cosine_scorer()
     return evaluate_sharded(
-        Shard(text, [slice(0, text.shape[0])]),
-        Shard(image, [slice(0, image.shape[0])]),
+        Shard(text.T.contiguous(), [slice(0, text.shape[0])], items_last=True),
+        Shard(image.T.contiguous(), [slice(0, image.shape[0])], items_last=True),
         text_ids,
         image_ids,
         score,
@@ -372,15 +378,19 @@ def check_embeddings(text_embeddings, image_embeddings, normalize: bool) -> tupl
 #: and thread count, and fixed tile shapes take the shape out of it.
 SCORE_TILE = 4096
 QUERY_ROW_MULTIPLE = 16
+MIN_QUERY_ROWS = 32
 
 
 @dataclass
 class Shard:
     """This process's rows of a feature set split across processes (a tensor, or a dict of tensors
-    with the same rows), and every process's row range, in rank order."""
+    with the same rows), and every process's row range, in rank order. ``items_last``: the tensor is
+    stored (dim x items), the layout a score matmul reads fastest (twice the rate for chunks of a
+    few dozen queries on a CPU)."""
 
     features: torch.Tensor | dict[str, torch.Tensor]
     ranges: list[slice]
+    items_last: bool = False
 
     @property
     def total(self) -> int:
@@ -391,16 +401,17 @@ ScoreFunction = Callable[[Any, Any], torch.Tensor]
 
 
 def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
-    """Scores of a query chunk against a gallery shard, one fixed-width tile at a time."""
+    """Scores of a query chunk against a gallery shard stored (dim x items), one fixed-width tile at
+    a time."""
 
     def score(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         rows = queries.shape[0]
         padded = -(-rows // QUERY_ROW_MULTIPLE) * QUERY_ROW_MULTIPLE
         queries = torch.nn.functional.pad(queries, (0, 0, 0, padded - rows))
         gallery = gallery.to(queries.device)
-        out = torch.empty(padded, gallery.shape[0], dtype=queries.dtype, device=queries.device)
-        for start in range(0, gallery.shape[0], tile):
-            torch.mm(queries, gallery[start : start + tile].T, out=out[:, start : start + tile])
+        out = torch.empty(padded, gallery.shape[1], dtype=queries.dtype, device=queries.device)
+        for start in range(0, gallery.shape[1], tile):
+            torch.mm(queries, gallery[:, start : start + tile], out=out[:, start : start + tile])
         return out[:rows]
 
     return score
@@ -410,14 +421,14 @@ def _rows_of(shard: Shard, wanted: slice, world: World):
     """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part."""
     if isinstance(shard.features, dict):
         return {key: _rows_of(Shard(value, shard.ranges), wanted, world) for key, value in shard.features.items()}
-    local = shard.features
+    local = shard.features.T if shard.items_last else shard.features
     pieces = []
     for owner, own in enumerate(shard.ranges):
         start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
         if start >= stop:
             continue
         if owner == world.rank:
-            piece = local[start - own.start : stop - own.start]
+            piece = local[start - own.start : stop - own.start].contiguous()
         else:
             piece = torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device)
         pieces.append(world.broadcast(piece, owner))
@@ -450,6 +461,14 @@ def evaluate_sharded(
     return RetrievalResult(t2i=t2i, i2t=i2t)
 
 
+def query_chunk_rows(gallery: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Queries per chunk for a gallery of ``gallery`` items (all processes together): what the budget
+    allows, in whole multiples of ``QUERY_ROW_MULTIPLE`` (no padding rows to compute), and at least
+    ``MIN_QUERY_ROWS``, below which the score matmul runs at a fraction of its rate."""
+    rows = _rows_per_chunk(gallery, chunk_bytes)
+    return max(MIN_QUERY_ROWS, rows - rows % QUERY_ROW_MULTIPLE)
+
+
 def rank_sharded(
     queries: Shard,
     gallery: Shard,
@@ -464,8 +483,7 @@ def rank_sharded(
 ) -> DirectionResult:
     """One direction: every query ranked over the whole gallery, each process holding a shard of
     both. Query chunks are sized by the whole gallery, so they are the same for any world size."""
-    step = _rows_per_chunk(gallery.total, chunk_bytes)
-    step = max(QUERY_ROW_MULTIPLE, step - step % QUERY_ROW_MULTIPLE)  # no padding rows to compute
+    step = query_chunk_rows(gallery.total, chunk_bytes)
     blocks = ((rows, score(_rows_of(queries, rows, world), gallery.features)) for rows in _chunked(queries.total, step))
     start = gallery.ranges[world.rank].start
     return _direction(blocks, query_ids, gallery_ids, ks, skip, direction, start, world)

@@ -128,37 +128,44 @@ def _deep_positives_problem(seed: int = 0):
     return scores, thresholds, index, brute
 
 
-def test_deep_positives_use_the_compiled_count_and_agree(monkeypatch):
-    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
-    monkeypatch.setattr(metrics_module, "_compiled", {})  # an earlier test may have compiled it
-    scores, thresholds, index, brute = _deep_positives_problem()
-    counts = metrics_module._count_preceding(scores, thresholds, index)
-    assert "kernel" in metrics_module._compiled and not metrics_module._compiled.get("failed")
-    assert torch.equal(counts.to(torch.int64), brute)
+def test_deep_positives_take_the_binned_count_and_agree(monkeypatch):
+    calls = []
+    binned = metrics_module._count_binned
+    monkeypatch.setattr(metrics_module, "_count_binned", lambda *a: calls.append(1) or binned(*a))
+    for seed in range(4):
+        scores, thresholds, index, brute = _deep_positives_problem(seed)
+        assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
+    assert len(calls) == 4
 
 
-def test_a_failing_compile_falls_back_to_the_exact_eager_count(monkeypatch, capsys):
-    def broken(function, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C compiler")
-
-        return run
-
-    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 0)
-    monkeypatch.setattr(metrics_module, "_compiled", {})
-    monkeypatch.setattr(torch, "compile", broken)
-    scores, thresholds, index, brute = _deep_positives_problem(1)
-    assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
-    assert "torch.compile is unavailable (RuntimeError)" in capsys.readouterr().err
-    assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
-    assert capsys.readouterr().err == ""  # said once
+@pytest.mark.parametrize("bins", [1, 2, 7, 2048])
+def test_binned_count_equals_brute_force(monkeypatch, bins):
+    """Exact ties, scores closer than a bin, a single distinct positive score, padded positives, and
+    any number of bins (a few bins: most items share one with a positive)."""
+    monkeypatch.setattr(metrics_module, "SCORE_BINS", bins)
+    generator = torch.Generator().manual_seed(bins)
+    for trial in range(60):
+        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 80, 7))
+        scores = torch.randn(rows, items, generator=generator)
+        if trial % 3 == 1:
+            scores = torch.round(scores * 2) / 2  # many exact ties
+        if trial % 3 == 2:
+            scores = 0.5 + scores * 1e-6  # all within a few float32 steps
+        index = torch.randint(0, items, (rows, positives), generator=generator)
+        valid = torch.rand(rows, positives, generator=generator) < 0.7
+        valid[:, 0] = True
+        thresholds = torch.where(valid, scores.gather(1, index), torch.full((rows, positives), float("inf")))
+        gallery = torch.arange(items)
+        item, threshold = scores[:, None, :], thresholds[:, :, None]
+        brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+        counts = metrics_module._count_binned(scores, thresholds, index)
+        assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
 
 
 @pytest.mark.parametrize("budget", [1, 7, 1 << 22])
 def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
     """Ties, padded positives and every split of the candidates into steps give the exact counts."""
     monkeypatch.setattr(metrics_module, "CANDIDATE_BUDGET", budget)
-    monkeypatch.setattr(metrics_module, "_COMPILE_THRESHOLD", 1 << 62)  # the candidate path, always
     generator = torch.Generator().manual_seed(budget)
     for trial in range(60):
         rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 50, 6))
