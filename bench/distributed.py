@@ -98,16 +98,19 @@ class World:
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's rows, concatenated in rank order; trailing sizes may differ (zero-padded to
-        the largest). Not differentiable: training gathers with ``batch_gatherer``."""
+        the largest). Differentiable: the backward gives each rank's rows the sum over the ranks of
+        their gradient (see ``batch_gatherer``)."""
         if not self.distributed:
             return tensor
         shapes = self.shapes(tensor)
         widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
-        buffer = tensor.new_zeros(widest, device=self._device())
-        buffer[tuple(slice(0, n) for n in tensor.shape)] = tensor.detach()
-        pieces = [torch.empty_like(buffer) for _ in range(self.size)]
-        dist.all_gather(pieces, buffer)
-        return torch.cat([p[: s[0]].to(tensor.device) for p, s in zip(pieces, shapes, strict=True)])
+        pad = [p for have, want in zip(reversed(tensor.shape), reversed(widest), strict=True) for p in (0, want - have)]
+        pieces = _AllGather.apply(torch.nn.functional.pad(tensor, pad).to(self._device())).chunk(self.size)
+        return torch.cat([piece[: shape[0]] for piece, shape in zip(pieces, shapes, strict=True)]).to(tensor.device)
+
+    def gather_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank's rows of each feature tensor (``gather_rows``), without gradients."""
+        return {key: self.gather_rows(value.detach()) for key, value in features.items()}
 
     def barrier(self) -> None:
         if self.distributed:
@@ -176,7 +179,7 @@ def batch_gatherer(world: World) -> Callable[[Any], Any]:
 
     def gather(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            return _gather_differentiable(value, world) if world.distributed else value
+            return world.gather_rows(value)
         if isinstance(value, dict):
             return {key: gather(item) for key, item in value.items()}
         if isinstance(value, tuple | list):
@@ -217,15 +220,6 @@ class _AllReduce(torch.autograd.Function):
         out = grad.contiguous().clone()
         dist.all_reduce(out)
         return out
-
-
-def _gather_differentiable(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    shapes = world.shapes(tensor)
-    widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
-    pad = [p for have, want in zip(reversed(tensor.shape), reversed(widest), strict=True) for p in (0, want - have)]
-    moved = torch.nn.functional.pad(tensor, pad).to(world._device())
-    pieces = _AllGather.apply(moved).chunk(world.size)
-    return torch.cat([piece[: shape[0]] for piece, shape in zip(pieces, shapes, strict=True)]).to(tensor.device)
 
 
 def broadcast_state(module: torch.nn.Module, world: World) -> None:

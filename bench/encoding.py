@@ -133,16 +133,16 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str, ro
     """Features of the split's captions (or of captions ``rows``), in batches of ``batch_size``."""
     parts: list[Features] = []
     who = f"method '{method.name}' encode_texts"
-    rows = rows or slice(0, len(split.captions))
-    chunks = [slice(rows.start + b.start, rows.start + b.stop) for b in _batches(rows.stop - rows.start, batch_size)]
-    for rows in progress(chunks, len(chunks), f"{split.dataset} captions"):
-        captions = split.captions[rows]
+    span = rows or slice(0, len(split.captions))
+    chunks = [slice(span.start + b.start, span.start + b.stop) for b in _batches(span.stop - span.start, batch_size)]
+    for batch_rows in progress(chunks, len(chunks), f"{split.dataset} captions"):
+        captions = split.captions[batch_rows]
         tokens = {k: v.to(method.device) for k, v in method.tokenize(captions).items()}
         batch = {
             "tokens": tokens,
             "captions": captions,
-            "pid": split.caption_pids[rows].to(method.device),
-            "index": torch.arange(rows.start, rows.stop),
+            "pid": split.caption_pids[batch_rows].to(method.device),
+            "index": torch.arange(batch_rows.start, batch_rows.stop),
         }
         with autocast(method.device, amp):
             features = as_features(method.encode_texts(batch))

@@ -261,8 +261,8 @@ def evaluate_split(
         text_embeddings, image_embeddings = _embeddings(method, texts, images)
         score = cosine_scorer(options.score_tile)
         retrieval = evaluate_sharded(
-            Shard(text_embeddings.T.contiguous(), texts.ranges, items_last=True),
-            Shard(image_embeddings.T.contiguous(), images.ranges, items_last=True),
+            Shard.of_embeddings(text_embeddings, texts.ranges),
+            Shard.of_embeddings(image_embeddings, images.ranges),
             split.caption_pids,
             split.image_pids,
             score,
@@ -304,9 +304,7 @@ def _evaluate_pairwise(
     shard); otherwise the whole matrix at once, in every process."""
     start = time.perf_counter()
     if not method.scores_blockwise:
-        every_image = {k: world.gather_rows(v) for k, v in images.features.items()}
-        every_text = {k: world.gather_rows(v) for k, v in texts.features.items()}
-        scores = method.score_all(every_image, every_text)
+        scores = method.score_all(world.gather_features(images.features), world.gather_features(texts.features))
         timings["pairwise_scoring_s"] = time.perf_counter() - start
         return evaluate_scores(scores, split.caption_pids, split.image_pids)
 
@@ -345,6 +343,7 @@ def run_eval(
             subsets.append(split.subset_images(mask, source))
     paths = []
     run_id = new_run_id()
+    distributed = describe(world, device)
     for part in subsets:
         evaluation = evaluate_split(method, part, options, cache, world)
         # captions the method's tokenizer had to cut (None: its tokenizer does not report it)
@@ -355,7 +354,6 @@ def run_eval(
                 f"than what method '{method.name}' reads (recorded as protocol.truncated_captions)",
                 file=sys.stderr,
             )
-        distributed = describe(world, device)
         if world.is_main:
             paths.append(
                 _write(method, method_name, part, evaluation, truncated, options, device, run_id, argv, distributed)

@@ -335,11 +335,11 @@ def evaluate_embeddings(
     Embeddings are expected L2-normalised (pass ``normalize=True`` otherwise). The score blocks are
     computed on the embeddings' device, so CUDA tensors are evaluated on the GPU.
     """
-    text, image = check_embeddings(text_embeddings, image_embeddings, normalize)
+    text, image = _checked_embeddings(text_embeddings, image_embeddings, normalize)
     score = cosine_scorer()
     return evaluate_sharded(
-        Shard(text.T.contiguous(), [slice(0, text.shape[0])], items_last=True),
-        Shard(image.T.contiguous(), [slice(0, image.shape[0])], items_last=True),
+        Shard.of_embeddings(text, [slice(0, text.shape[0])]),
+        Shard.of_embeddings(image, [slice(0, image.shape[0])]),
         text_ids,
         image_ids,
         score,
@@ -350,7 +350,7 @@ def evaluate_embeddings(
     )
 
 
-def check_embeddings(text_embeddings, image_embeddings, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _checked_embeddings(text_embeddings, image_embeddings, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 (count x dim) embeddings of the same dim, finite, unit length when asked."""
     text = torch.as_tensor(text_embeddings)
     image = torch.as_tensor(image_embeddings)
@@ -391,6 +391,11 @@ class Shard:
     features: torch.Tensor | dict[str, torch.Tensor]
     ranges: list[slice]
     items_last: bool = False
+
+    @classmethod
+    def of_embeddings(cls, embeddings: torch.Tensor, ranges: list[slice]) -> Shard:
+        """This process's (items x dim) embeddings, stored (dim x items) for the score matmul."""
+        return cls(embeddings.T.contiguous(), ranges, items_last=True)
 
     @property
     def total(self) -> int:

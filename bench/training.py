@@ -173,8 +173,8 @@ def train(
         cache = FeatureCache(enabled=options.use_cache)
         images, texts, _ = encode_split(method, train_split, encode_options, cache, project=False, world=world)
         frozen_features = {
-            "image": {k: world.gather_rows(v) for k, v in images.features.items()},
-            "text": {k: world.gather_rows(v) for k, v in texts.features.items()},
+            "image": world.gather_features(images.features),
+            "text": world.gather_features(texts.features),
         }
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [group["lr"] for group in optimizer.param_groups]

@@ -138,6 +138,20 @@ def test_deep_positives_take_the_binned_count_and_agree(monkeypatch):
     assert len(calls) == 4
 
 
+def _padded_positives(scores: torch.Tensor, positives: int, generator: torch.Generator):
+    """Random positives of each row (the first always real, the others padding with 30 %
+    probability, their threshold +inf), and the brute-force counts."""
+    rows, items = scores.shape
+    index = torch.randint(0, items, (rows, positives), generator=generator)
+    valid = torch.rand(rows, positives, generator=generator) < 0.7
+    valid[:, 0] = True
+    thresholds = torch.where(valid, scores.gather(1, index), torch.full((rows, positives), float("inf")))
+    gallery = torch.arange(items)
+    item, threshold = scores[:, None, :], thresholds[:, :, None]
+    brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+    return thresholds, index, valid, brute
+
+
 @pytest.mark.parametrize("bins", [1, 2, 7, 2048])
 def test_binned_count_equals_brute_force(monkeypatch, bins):
     """Exact ties, scores closer than a bin, a single distinct positive score, padded positives, and
@@ -151,13 +165,7 @@ def test_binned_count_equals_brute_force(monkeypatch, bins):
             scores = torch.round(scores * 2) / 2  # many exact ties
         if trial % 3 == 2:
             scores = 0.5 + scores * 1e-6  # all within a few float32 steps
-        index = torch.randint(0, items, (rows, positives), generator=generator)
-        valid = torch.rand(rows, positives, generator=generator) < 0.7
-        valid[:, 0] = True
-        thresholds = torch.where(valid, scores.gather(1, index), torch.full((rows, positives), float("inf")))
-        gallery = torch.arange(items)
-        item, threshold = scores[:, None, :], thresholds[:, :, None]
-        brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
         counts = metrics_module._count_binned(scores, thresholds, index)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
 
@@ -172,13 +180,7 @@ def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
         scores = torch.randn(rows, items, generator=generator)
         if trial % 2:
             scores = torch.round(scores * 2) / 2  # many exact ties
-        index = torch.randint(0, items, (rows, positives), generator=generator)
-        valid = torch.rand(rows, positives, generator=generator) < 0.7
-        valid[:, 0] = True
-        thresholds = torch.where(valid, scores.gather(1, index), torch.full((rows, positives), float("inf")))
-        gallery = torch.arange(items)
-        item, threshold = scores[:, None, :], thresholds[:, :, None]
-        brute = ((item > threshold) | ((item == threshold) & (gallery < index[:, :, None]))).sum(-1)
+        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
         candidate = scores >= thresholds.amin(dim=1, keepdim=True)
         counts = metrics_module._count_candidates(scores, thresholds, index, candidate)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid])
