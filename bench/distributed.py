@@ -19,12 +19,14 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from tbps_bench.errors import BenchError
+
+T = TypeVar("T")
 
 #: how long a collective waits for a rank that stopped before the job gives up (seconds)
 DEFAULT_TIMEOUT_S = 300.0
@@ -115,6 +117,20 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def in_turn(self, function: Callable[[], T]) -> T:
+        """``function()`` on rank 0 first, then on the first process of every other machine, then on
+        the rest: whatever fills a cache on first use (a generated dataset, a parsed annotation) is
+        written by one process per file system, never by two at once, and read by the others."""
+        if not self.distributed:
+            return function()
+        turn = 0 if self.rank == 0 else 1 if self.local_rank == 0 else 2
+        result = None
+        for step in range(3):
+            if step == turn:
+                result = function()
+            self.barrier()
+        return result
 
 
 SINGLE = World()

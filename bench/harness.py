@@ -135,8 +135,10 @@ def source_fingerprint(cls: type) -> str:
     return sha256_json([[f.name, sha256_file(f)] for f in files])
 
 
-def load_eval_split(name: str, data_root: str | None, split: str) -> EvalSplit:
-    return load_dataset(name, data_root).eval_split(split)
+def load_eval_split(name: str, data_root: str | None, split: str, world: World = SINGLE) -> EvalSplit:
+    """One split of a dataset; in a distributed job the processes load it in turn, so that the first
+    one prepares the dataset's caches alone."""
+    return world.in_turn(lambda: load_dataset(name, data_root).eval_split(split))
 
 
 @dataclass
@@ -333,7 +335,7 @@ def run_eval(
     writes them; the others return an empty list)."""
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
-    split = load_eval_split(dataset_name, options.data_root, options.split).limited(options.limit)
+    split = load_eval_split(dataset_name, options.data_root, options.split, world).limited(options.limit)
     method = build_method(method_name, device, options.checkpoint, options.method_args)
     cache = FeatureCache(enabled=options.use_cache)
     subsets = [split]

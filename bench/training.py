@@ -151,11 +151,11 @@ def train(
     if not isinstance(method, Trainable):
         raise BenchError(f"method '{method_name}' cannot be trained (it is not a tbps_bench Trainable)")
     schedule = _merge_schedule(method, options)
-    train_split = load_eval_split(dataset_name, options.data_root, "train")
+    train_split = load_eval_split(dataset_name, options.data_root, "train", world)
     select_split = None
     if options.select_on != "last":
         try:
-            select_split = load_eval_split(dataset_name, options.data_root, options.select_on)
+            select_split = load_eval_split(dataset_name, options.data_root, options.select_on, world)
         except BenchError as exc:
             raise BenchError(
                 f"{exc}; choose the checkpoint with --select-on last (the final epoch) or --select-on test "
