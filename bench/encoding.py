@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tbps_bench.errors import BenchError
+from tbps_bench.features import Features, check_features, concat_features, stored
 from tbps_bench.fileio import atomic_path, cache_root, sha256_json
 from tbps_bench.images import to_rgb
-from tbps_bench.methods import Features, Method, as_features
+from tbps_bench.methods import Method, as_features
 from tbps_bench.splits import EvalSplit
 
 FEATURE_CACHE_VERSION = 2
@@ -61,40 +62,6 @@ def read_image(split: EvalSplit, index: int, transform: Callable[[Any], torch.Te
         raise BenchError(f"cannot read image {split.image_paths[index]} (index {index}): {exc}") from exc
 
 
-def pad_to(tensor: torch.Tensor, trailing: list[int]) -> torch.Tensor:
-    """Zero-pad the trailing sizes of ``tensor`` (variable-length text features) up to ``trailing``."""
-    sizes = zip(reversed(tensor.shape[1:]), reversed(trailing), strict=True)
-    pad = [p for size, want in sizes for p in (0, want - size)]
-    return torch.nn.functional.pad(tensor, pad) if any(pad) else tensor
-
-
-def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate batches whose trailing sizes differ: zero-pad to the largest."""
-    widest = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
-    return torch.cat([pad_to(t, widest) for t in tensors])
-
-
-def concat_features(parts: list[Features]) -> Features:
-    return {key: _cat_padded([p[key] for p in parts]) for key in parts[0]}
-
-
-def _check_features(features: Features, count: int, who: str) -> None:
-    if not features:
-        raise BenchError(f"{who} returned no features")
-    for key, tensor in features.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise BenchError(f"{who} returned {type(tensor).__name__} for '{key}'; expected a tensor")
-        if tensor.shape[0] != count:
-            raise BenchError(f"{who} returned {tensor.shape[0]} rows for '{key}' but the batch has {count} items")
-        if tensor.is_floating_point():
-            bad = ~torch.isfinite(tensor)
-            if bool(bad.any()):
-                rows = torch.nonzero(bad.reshape(count, -1).any(1)).reshape(-1)
-                raise BenchError(
-                    f"{who} returned NaN/inf features for '{key}': {rows.numel()} rows, first at row {int(rows[0])}"
-                )
-
-
 def _batches(total: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, total, batch_size):
         yield slice(start, min(total, start + batch_size))
@@ -102,7 +69,13 @@ def _batches(total: int, batch_size: int) -> Iterator[slice]:
 
 @torch.inference_mode()
 def encode_images(
-    method: Method, split: EvalSplit, batch_size: int, amp: str, workers: int = 0, rows: slice | None = None
+    method: Method,
+    split: EvalSplit,
+    batch_size: int,
+    amp: str,
+    workers: int = 0,
+    rows: slice | None = None,
+    storage: torch.dtype = torch.float32,
 ) -> Features:
     """Features of the split's images (or of images ``rows``), in batches of ``batch_size``."""
     transform = method.image_transform() if method.needs_pixels else None
@@ -123,13 +96,20 @@ def encode_images(
         }
         with autocast(method.device, amp):
             features = as_features(method.encode_images(batch))
-        _check_features(features, len(batch["index"]), who)
-        parts.append(_to_cpu_float(features))
+        check_features(features, len(batch["index"]), who)
+        parts.append(stored(features, storage))
     return concat_features(parts)
 
 
 @torch.inference_mode()
-def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str, rows: slice | None = None) -> Features:
+def encode_texts(
+    method: Method,
+    split: EvalSplit,
+    batch_size: int,
+    amp: str,
+    rows: slice | None = None,
+    storage: torch.dtype = torch.float32,
+) -> Features:
     """Features of the split's captions (or of captions ``rows``), in batches of ``batch_size``."""
     parts: list[Features] = []
     who = f"method '{method.name}' encode_texts"
@@ -146,8 +126,8 @@ def encode_texts(method: Method, split: EvalSplit, batch_size: int, amp: str, ro
         }
         with autocast(method.device, amp):
             features = as_features(method.encode_texts(batch))
-        _check_features(features, len(captions), who)
-        parts.append(_to_cpu_float(features))
+        check_features(features, len(captions), who)
+        parts.append(stored(features, storage))
     return concat_features(parts)
 
 
@@ -160,13 +140,6 @@ def count_truncated(method: Method, captions: list[str], batch_size: int) -> int
             reported = True
             total += int(flags.sum())
     return total if reported else None
-
-
-def _to_cpu_float(features: Features) -> Features:
-    def convert(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()
-
-    return {k: convert(v) for k, v in features.items()}
 
 
 class FeatureCache:

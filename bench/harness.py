@@ -17,24 +17,24 @@ import torch
 
 from tbps_bench.adapters import load_dataset
 from tbps_bench.distributed import SINGLE, World, describe
-from tbps_bench.encoding import FeatureCache, concat_features, count_truncated, encode_images, encode_texts, pad_to
+from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
-from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
-from tbps_bench.methods import (
-    EMBEDDING,
+from tbps_bench.features import (
+    STORAGE_DTYPES,
     Features,
-    FrozenBackbone,
-    Method,
-    PairwiseMethod,
-    as_features,
+    concat_features,
     feature_count,
     feature_rows,
+    pad_to,
 )
+from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
+from tbps_bench.methods import EMBEDDING, FrozenBackbone, Method, PairwiseMethod, as_features
 from tbps_bench.metrics import (
     SCORE_TILE,
     RetrievalResult,
     Shard,
     cosine_scorer,
+    evaluate_scored_once,
     evaluate_scores,
     evaluate_sharded,
 )
@@ -60,6 +60,8 @@ class EvalOptions:
     workers: int = 0
     #: gallery items per score tile, and so the granularity of sharding (recorded with the result)
     score_tile: int = SCORE_TILE
+    #: precision of the stored features (cache and memory): fp32, bf16 or fp16 (recorded)
+    feature_dtype: str = "fp32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,7 +185,9 @@ def encode_split(
         "limit": split.limit,
         "preprocessing": method.preprocessing(),
         "amp": options.amp,
+        "feature_dtype": options.feature_dtype,
     }
+    storage = STORAGE_DTYPES[options.feature_dtype]
     unit = shard_unit(options)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
@@ -195,7 +199,7 @@ def encode_split(
         image_key,
         image_ranges[world.rank],
         unit,
-        lambda rows: encode_images(method, split, options.batch_size, options.amp, options.workers, rows),
+        lambda rows: encode_images(method, split, options.batch_size, options.amp, options.workers, rows, storage),
         world,
     )
     if frozen and project:
@@ -208,7 +212,7 @@ def encode_split(
         {**common, "modality": "text"},
         text_ranges[world.rank],
         unit,
-        lambda rows: encode_texts(method, split, options.batch_size, options.amp, rows),
+        lambda rows: encode_texts(method, split, options.batch_size, options.amp, rows, storage),
         world,
     )
     if frozen and project:
@@ -303,7 +307,8 @@ def _evaluate_pairwise(
     timings: dict[str, Any],
 ) -> RetrievalResult:
     """Pairwise scores tile by tile when a pair's score needs nothing else (each process scores its
-    shard); otherwise the whole matrix at once, in every process."""
+    shard, each pair once for both directions); otherwise the whole matrix at once, in every
+    process."""
     start = time.perf_counter()
     if not method.scores_blockwise:
         scores = method.score_all(world.gather_features(images.features), world.gather_features(texts.features))
@@ -318,12 +323,7 @@ def _evaluate_pairwise(
         blocks = [method.score_all(feature_rows(image_shard, t), text_chunk) for t in tiles(count)]
         return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(text_chunk), 0)
 
-    def score_images(image_chunk: Features, text_shard: Features) -> torch.Tensor:
-        count = feature_count(text_shard)
-        blocks = [method.score_all(image_chunk, feature_rows(text_shard, t)).T for t in tiles(count)]
-        return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(image_chunk), 0)
-
-    retrieval = evaluate_sharded(texts, images, split.caption_pids, split.image_pids, score_texts, score_images, world)
+    retrieval = evaluate_scored_once(texts, images, split.caption_pids, split.image_pids, score_texts, world)
     timings["pairwise_scoring_s"] = time.perf_counter() - start  # scoring and ranking, interleaved
     return retrieval
 
@@ -412,6 +412,7 @@ def _write(
             "amp": options.amp,
             "batch_size": options.batch_size,
             "score_tile": options.score_tile,
+            "feature_dtype": options.feature_dtype,
             "truncated_captions": truncated_captions,
             **method.protocol(),
         },

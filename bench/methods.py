@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from tbps_bench.features import Features, feature_count, feature_rows
 from tbps_bench.splits import EvalSplit
 
-Features = dict[str, torch.Tensor]
+__all__ = ["Features", "feature_count", "feature_rows"]
 EMBEDDING = "embedding"
 
 
@@ -44,14 +45,6 @@ def global_batch(batch: Mapping[str, Any], value: Any) -> Any:
     loop turns the gradients into the single-process ones. In one process it returns ``value``."""
     gather = batch.get("gather")
     return gather(value) if gather is not None else value
-
-
-def feature_count(features: Features) -> int:
-    return len(next(iter(features.values())))
-
-
-def feature_rows(features: Features, rows: slice | torch.Tensor, device: torch.device | None = None) -> Features:
-    return {k: (v[rows].to(device) if device is not None else v[rows]) for k, v in features.items()}
 
 
 class Method:

@@ -17,6 +17,7 @@ import torch
 
 from tbps_bench.distributed import SINGLE, World
 from tbps_bench.errors import BenchError, first_offending
+from tbps_bench.features import PACKED_LENGTHS, feature_rows, is_packed
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 TIE_POLICY = "stable-by-gallery-index"
@@ -219,6 +220,19 @@ def _ranks_in_block(
     return torch.where(ranks == padding, torch.zeros_like(ranks), ranks)
 
 
+def _queries_without_positives(table: _PositiveTable, skip: bool, direction: str) -> torch.Tensor:
+    """The queries with no positive in the gallery: an error, unless the user asked to skip them."""
+    missing = table.count == 0
+    if bool(missing.any()) and not skip:
+        raise BenchError(
+            f"{direction}: {int(missing.sum())} queries have no positive in the gallery "
+            f"(first at query index {int(torch.nonzero(missing)[0])}); the standard protocol has none "
+            "(to drop and count them: tbps-bench score --skip-queries-without-positives, or "
+            "skip_queries_without_positives=True in Python)"
+        )
+    return missing
+
+
 def _direction(
     blocks: Iterator[tuple[slice, torch.Tensor]],
     query_ids: torch.Tensor,
@@ -228,18 +242,13 @@ def _direction(
     direction: str,
     gallery_start: int = 0,
     world: World = SINGLE,
+    require_queries: bool = True,
 ) -> DirectionResult:
     """Per-query results from score blocks: (query rows, scores of those queries against this
-    rank's gallery shard, which starts at ``gallery_start``). Every rank sees every query chunk."""
+    rank's gallery shard, which starts at ``gallery_start``). Every rank sees every query chunk.
+    ``require_queries=False``: no query with a positive gives an empty result, not an error."""
     table = _positive_table(query_ids, gallery_ids)
-    missing = table.count == 0
-    if bool(missing.any()) and not skip_queries_without_positives:
-        raise BenchError(
-            f"{direction}: {int(missing.sum())} queries have no positive in the gallery "
-            f"(first at query index {int(torch.nonzero(missing)[0])}); the standard protocol has none "
-            "(to drop and count them: tbps-bench score --skip-queries-without-positives, or "
-            "skip_queries_without_positives=True in Python)"
-        )
+    missing = _queries_without_positives(table, skip_queries_without_positives, direction)
     first, ap, inp = [], [], []
     for rows, block in blocks:
         keep = ~missing[rows]
@@ -254,8 +263,11 @@ def _direction(
         first.append(ranks[:, 0].to(torch.int64))
         ap.append(precision.sum(1) / n)
         inp.append(n / ranks.gather(1, (n.to(torch.int64) - 1)[:, None]).squeeze(1))
-    if not first:
+    if not first and require_queries:
         raise BenchError(f"{direction}: no query has a positive; nothing to evaluate")
+    if not first:
+        first = [torch.empty(0, dtype=torch.int64)]
+        ap, inp = [torch.empty(0, dtype=torch.float64)], [torch.empty(0, dtype=torch.float64)]
     counts = table.count[~missing]
     return DirectionResult(
         first_hit_rank=torch.cat(first),
@@ -425,7 +437,7 @@ def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
 def _rows_of(shard: Shard, wanted: slice, world: World):
     """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part."""
     if isinstance(shard.features, dict):
-        return {key: _rows_of(Shard(value, shard.ranges), wanted, world) for key, value in shard.features.items()}
+        return _feature_rows_of(shard.features, shard.ranges, wanted, world)
     local = shard.features.T if shard.items_last else shard.features
     pieces = []
     for owner, own in enumerate(shard.ranges):
@@ -438,6 +450,28 @@ def _rows_of(shard: Shard, wanted: slice, world: World):
             piece = torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device)
         pieces.append(world.broadcast(piece, owner))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _feature_rows_of(features: dict[str, torch.Tensor], ranges: list[slice], wanted: slice, world: World):
+    """``_rows_of`` for a feature dict: the per-item tensors first, then the packed ones, whose size
+    every rank learns from the items' lengths."""
+    out = {key: _rows_of(Shard(value, ranges), wanted, world) for key, value in features.items() if not is_packed(key)}
+    for key in (key for key in features if is_packed(key)):
+        local = features[key]
+        pieces = []
+        for owner, own in enumerate(ranges):
+            start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
+            if start >= stop:
+                continue
+            if owner == world.rank:
+                mine = {PACKED_LENGTHS: features[PACKED_LENGTHS], key: local}
+                piece = feature_rows(mine, slice(start - own.start, stop - own.start))[key].contiguous()
+            else:
+                size = int(out[PACKED_LENGTHS][start - wanted.start : stop - wanted.start].sum())
+                piece = torch.empty((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
+            pieces.append(world.broadcast(piece, owner))
+        out[key] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return out
 
 
 def evaluate_sharded(
@@ -492,3 +526,64 @@ def rank_sharded(
     blocks = ((rows, score(_rows_of(queries, rows, world), gallery.features)) for rows in _chunked(queries.total, step))
     start = gallery.ranges[world.rank].start
     return _direction(blocks, query_ids, gallery_ids, ks, skip, direction, start, world)
+
+
+def evaluate_scored_once(
+    texts: Shard,
+    images: Shard,
+    text_ids,
+    image_ids,
+    score_texts: ScoreFunction,
+    world: World = SINGLE,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    skip_queries_without_positives: bool = False,
+) -> RetrievalResult:
+    """Both directions from one pass of an expensive scorer (a cross-modal method, where scoring,
+    not ranking, is the cost): every pair is scored once, not once per direction.
+
+    Each text chunk is scored against this process's image shard; the block ranks the chunk's texts
+    (over every process's images, as ``rank_sharded`` does) and is kept. The kept columns, all texts
+    x this process's images (4 bytes a pair: 1.6 GB for ICFG-PEDES in one process, half that on
+    each of two), then rank this process's images over every text, and the per-image results are
+    gathered in rank order. Both directions read the same score bits, for any world size."""
+    tid = _as_ids("text_ids", text_ids, texts.total, "texts")
+    iid = _as_ids("image_ids", image_ids, images.total, "images")
+    skip = skip_queries_without_positives
+    _queries_without_positives(_positive_table(iid, tid), skip, "i2t")  # on every rank, before any work
+    own = images.ranges[world.rank]
+    kept: list[torch.Tensor] = []
+
+    def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
+        for rows in _chunked(texts.total, query_chunk_rows(images.total, chunk_bytes)):
+            block = score_texts(_rows_of(texts, rows, world), images.features)
+            if not kept:
+                kept.append(torch.empty(texts.total, block.shape[1], dtype=block.dtype, device=block.device))
+            kept[0][rows] = block
+            yield rows, block
+
+    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
+    width = own.stop - own.start
+    step = _rows_per_chunk(texts.total, chunk_bytes)
+    columns = ((rows, kept[0][:, rows].T.contiguous()) for rows in _chunked(width, step)) if width else iter(())
+    mine = _direction(columns, iid[own], tid, ks, skip, "i2t", require_queries=False)
+    parts = world.all_gather_object(
+        (
+            mine.first_hit_rank,
+            mine.average_precision,
+            mine.inverse_negative_penalty,
+            mine.num_positives,
+            mine.skipped_queries,
+        )
+    )
+    if not sum(len(part[0]) for part in parts):
+        raise BenchError("i2t: no query has a positive; nothing to evaluate")
+    i2t = DirectionResult(
+        first_hit_rank=torch.cat([part[0] for part in parts]),
+        average_precision=torch.cat([part[1] for part in parts]),
+        inverse_negative_penalty=torch.cat([part[2] for part in parts]),
+        num_positives=torch.cat([part[3] for part in parts]),
+        ks=tuple(ks),
+        skipped_queries=sum(part[4] for part in parts),
+    )
+    return RetrievalResult(t2i=t2i, i2t=i2t)

@@ -226,3 +226,46 @@ def test_skipping_queries_without_positive_is_recorded():
 def test_embedding_dimension_mismatch_is_named():
     with pytest.raises(BenchError, match="text_embeddings has dim 8, image_embeddings has dim 4"):
         evaluate_embeddings(torch.randn(3, 8), torch.randn(3, 4), [0, 1, 2], [0, 1, 2])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30])
+def test_pairwise_scoring_once_serves_both_directions(chunk_bytes):
+    """An expensive scorer scores each pair once; both directions match the brute force, ties too."""
+    from tbps_bench.metrics import Shard, evaluate_scored_once
+
+    generator = torch.Generator().manual_seed(11)
+    image_ids = torch.arange(37) % 6
+    text_ids = torch.arange(53) % 6
+    scores = torch.randint(0, 5, (53, 37), generator=generator).float() / 4  # many ties
+    scored = torch.zeros(53, 37, dtype=torch.int64)
+
+    def score_texts(texts, images):
+        rows, columns = texts["index"], images["index"]
+        scored[rows[:, None], columns[None, :]] += 1
+        return scores[rows][:, columns]
+
+    texts = Shard({"index": torch.arange(53)}, [slice(0, 53)])
+    images = Shard({"index": torch.arange(37)}, [slice(0, 37)])
+    result = evaluate_scored_once(texts, images, text_ids, image_ids, score_texts, chunk_bytes=chunk_bytes)
+    assert bool((scored == 1).all())
+    _assert_matches_brute(result, scores, text_ids, image_ids)
+
+
+def test_pairwise_scoring_once_checks_both_directions_before_scoring():
+    from tbps_bench.metrics import Shard, evaluate_scored_once
+
+    def never(texts, images):
+        raise AssertionError("scored before the positives were checked")
+
+    texts, images = Shard({"i": torch.arange(3)}, [slice(0, 3)]), Shard({"i": torch.arange(3)}, [slice(0, 3)])
+    with pytest.raises(BenchError, match="i2t: 1 queries have no positive"):
+        evaluate_scored_once(texts, images, [0, 1, 1], [0, 1, 2], never)
+    skipped = evaluate_scored_once(
+        texts,
+        images,
+        [0, 1, 1],
+        [0, 1, 2],
+        lambda t, i: torch.eye(3)[t["i"]][:, i["i"]],
+        skip_queries_without_positives=True,
+    )
+    assert skipped.i2t.skipped_queries == 1 and skipped.i2t.first_hit_rank.tolist() == [1, 1]

@@ -257,12 +257,13 @@ def test_text_encoder_folder_without_vocab_or_config(tiny_bert, tmp_path):
 # ----------------------------------------------------------------------------- through the harness
 
 
-def _eval(tmp_path, *method_args):
+def _eval(tmp_path, *method_args, options=()):
     from tbps_bench.cli import main
     from tbps_bench.results import load_result
 
-    out = tmp_path / "_".join(method_args).replace("=", "-") if method_args else tmp_path / "plain"
-    args = ["eval", "-m", "nafs-tiny", "-d", "toy-pedes", "--limit", "60", "--out", str(out)]
+    name = "_".join(method_args + tuple(options)).replace("=", "-").replace("--", "")
+    out = tmp_path / (name or "plain")
+    args = ["eval", "-m", "nafs-tiny", "-d", "toy-pedes", "--limit", "60", "--out", str(out), *options]
     for arg in method_args:
         args += ["--method-arg", arg]
     assert main(args) == 0
@@ -286,6 +287,41 @@ def test_shortlist_and_rerank_through_the_harness(tmp_path):
     assert low["metrics"]["t2i"]["mAP"] == pytest.approx(exhaustive["metrics"]["t2i"]["mAP"], abs=5.0)
 
 
+def test_text_features_are_stored_packed_in_the_chosen_precision(tmp_path):
+    from safetensors.torch import load_file
+
+    from tbps_bench.fileio import cache_root
+
+    full = _eval(tmp_path)
+    half = _eval(tmp_path, options=("--feature-dtype", "bf16"))
+    assert full["protocol"]["feature_dtype"] == "fp32" and half["protocol"]["feature_dtype"] == "bf16"
+    assert half["timings"]["cache_hits"] == {"images": False, "texts": False}  # its own cache entries
+    assert half["metrics"]["t2i"]["mAP"] == pytest.approx(full["metrics"]["t2i"]["mAP"], abs=5.0)
+    entries = [load_file(str(path)) for path in (cache_root() / "features").glob("*.safetensors")]
+    texts = [entry for entry in entries if "local_text_key:packed" in entry]
+    assert {entry["local_text_key:packed"].dtype for entry in texts} == {torch.float32, torch.bfloat16}
+    for entry in texts:  # one row per element of each caption, none for padding
+        assert entry["local_text_key:packed"].shape[0] == int(entry["packed_lengths"].sum())
+        assert int(entry["packed_lengths"].max()) < 101
+
+
+@pytest.mark.parametrize("group", [1, 4, 64])
+def test_packed_text_features_score_like_padded_ones(group):
+    """Text elements stored at their true lengths (packed) give the padded layout's numbers."""
+    q, v, k, u, lengths = random_problem(n_images=5, n_texts=9)
+    valid = torch.arange(k.shape[1])[None, :] < lengths[:, None]
+    padded = local_similarity(q, v, k, u, lengths, texts_per_group=group)
+    packed = local_similarity(q, v, k[valid], u[valid], lengths, texts_per_group=group)
+    assert torch.equal(packed, padded)
+    candidates = torch.randint(0, 5, (9, 3), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        local_similarity_candidates(q, v, k[valid], u[valid], lengths, candidates, texts_per_group=group),
+        local_similarity_candidates(q, v, k, u, lengths, candidates, texts_per_group=group),
+    )
+    with pytest.raises(ValueError, match="packed text features hold"):
+        local_similarity(q, v, k[valid][:-1], u[valid][:-1], lengths)
+
+
 def test_shortlist_ranks_scored_pairs_first():
     from tbps_models.nafs.method import NafsMethod
 
@@ -293,8 +329,9 @@ def test_shortlist_ranks_scored_pairs_first():
     q, v, k, u, lengths = random_problem(n_images=9, n_texts=11, dim=32)
     generator = torch.Generator().manual_seed(5)
     images = {"global_img_feat": torch.randn(9, 32, generator=generator), "local_img_query": q, "local_img_value": v}
-    texts = {"global_text_feat": torch.randn(11, 32, generator=generator), "local_text_key": k}
-    texts.update(local_text_value=u, length=lengths)
+    valid = torch.arange(k.shape[1])[None, :] < lengths[:, None]
+    texts = {"global_text_feat": torch.randn(11, 32, generator=generator), "packed_lengths": lengths}
+    texts.update({"local_text_key:packed": k[valid], "local_text_value:packed": u[valid]})
     got = method.score_all(images, texts)
     unit = torch.nn.functional.normalize
     global_scores = unit(texts["global_text_feat"], dim=1) @ unit(images["global_img_feat"], dim=1).T

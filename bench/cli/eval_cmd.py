@@ -35,6 +35,12 @@ def add_parser(commands) -> None:
         type=int,
         help="gallery items per score tile (default 4096), and the granularity of sharding across processes (recorded)",
     )
+    parser.add_argument(
+        "--feature-dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="precision of stored features, in the cache and in memory (recorded; bf16/fp16 halve the memory)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -97,6 +103,7 @@ def run(args, argv) -> int:
         method_args=method_args,
         use_cache=not args.no_cache,
         workers=args.workers,
+        feature_dtype=args.feature_dtype,
         **({"score_tile": args.score_tile} if args.score_tile else {}),
     )
     failures, rows = [], {}

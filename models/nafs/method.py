@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from tbps_bench.errors import BenchError
+from tbps_bench.features import PACKED, PACKED_LENGTHS
 from tbps_bench.methods import Features, PairwiseMethod, Trainable, global_batch
 from tbps_models.nafs.checkpoint import load_official_checkpoint, load_own_checkpoint, save_own_checkpoint
 from tbps_models.nafs.config import NafsConfig
@@ -21,6 +22,8 @@ from tbps_models.nafs.tokenization import NafsTokenizer
 from tbps_models.transforms import IMAGENET_MEAN, IMAGENET_STD, person_image_transform
 
 _SCORE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: text elements are stored packed, at each caption's true length
+_TEXT_KEY, _TEXT_VALUE = "local_text_key" + PACKED, "local_text_value" + PACKED
 #: shortlisted pairs outrank every other pair: |S| <= 2 for scored pairs
 _UNSCORED_OFFSET = 10.0
 
@@ -154,15 +157,29 @@ class NafsMethod(Trainable, PairwiseMethod):
         tokens = batch["tokens"]
         features = self.model.encode_texts(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
         lengths = tokens["length"].clamp(max=self.model.config.text_elements)
-        keep = int(lengths.max())  # rows past the longest caption are never read
-        features["local_text_key"] = features["local_text_key"][:, :keep]
-        features["local_text_value"] = features["local_text_value"][:, :keep]
-        return {**features, "length": lengths}
+        # each caption's elements at its true length: rows past it are never read
+        valid = torch.arange(features["local_text_key"].shape[1], device=lengths.device)[None, :] < lengths[:, None]
+        return {
+            "global_text_feat": features["global_text_feat"],
+            _TEXT_KEY: features["local_text_key"][valid],
+            _TEXT_VALUE: features["local_text_value"][valid],
+            PACKED_LENGTHS: lengths,
+        }
+
+    @staticmethod
+    def _text_elements(texts: Features) -> dict[str, torch.Tensor]:
+        """The model's names for a packed text feature dict."""
+        return {
+            "global_text_feat": texts["global_text_feat"],
+            "local_text_key": texts[_TEXT_KEY],
+            "local_text_value": texts[_TEXT_VALUE],
+        }
 
     # -- scoring
     def score_pairs(self, image_features: Features, text_features: Features) -> torch.Tensor:
         dtype = _SCORE_DTYPES[self.score_dtype]
-        scores, _, _ = self.model.score(image_features, text_features, text_features["length"], dtype)
+        texts = self._text_elements(text_features)
+        scores, _, _ = self.model.score(image_features, texts, text_features[PACKED_LENGTHS], dtype)
         return scores
 
     @property
@@ -197,9 +214,9 @@ class NafsMethod(Trainable, PairwiseMethod):
         local = local_similarity_candidates(
             images["local_img_query"].to(self.device, dtype),
             images["local_img_value"].to(self.device, dtype),
-            texts["local_text_key"].to(self.device, dtype),
-            texts["local_text_value"].to(self.device, dtype),
-            texts["length"].to(self.device),
+            texts[_TEXT_KEY].to(self.device, dtype),
+            texts[_TEXT_VALUE].to(self.device, dtype),
+            texts[PACKED_LENGTHS].to(self.device),
             candidates.to(self.device),
             self.model.config.lambda_softmax,
         ).cpu()

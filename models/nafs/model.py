@@ -120,8 +120,9 @@ class Nafs(nn.Module):
 
         ``local_dtype=torch.bfloat16`` runs the local term's products in bf16 (faster on hardware
         with bf16 units; about 1e-3 mean and 2.5e-2 x max|S_loc| largest absolute error)."""
-        sim_global = torch.nn.functional.normalize(images["global_img_feat"], dim=1, eps=1e-12) @ (
-            torch.nn.functional.normalize(texts["global_text_feat"], dim=1, eps=1e-12).T
+        # features stored in bf16/fp16 are scored in fp32 (the local products in ``local_dtype``)
+        sim_global = torch.nn.functional.normalize(images["global_img_feat"].float(), dim=1, eps=1e-12) @ (
+            torch.nn.functional.normalize(texts["global_text_feat"].float(), dim=1, eps=1e-12).T
         )
         local = [
             images["local_img_query"],

@@ -27,11 +27,21 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def _text_group(keys: torch.Tensor, text_values: torch.Tensor, lengths: torch.Tensor, group: torch.Tensor):
-    """Unit keys, zero-padded values and value Gram matrices of a group of texts, cut to its longest."""
+    """Unit keys, zero-padded values and value Gram matrices of a group of texts, cut to its longest.
+
+    ``keys`` / ``text_values`` are padded (texts x L x d) or packed ((sum of lengths) x d, each
+    text's rows in turn): stored at their true lengths, a split's text features take the memory of
+    their tokens, not of its longest caption's."""
     padded = int(lengths[group].max())
     valid = torch.arange(padded, device=keys.device)[None, :] < lengths[group][:, None]
-    group_values = text_values[group, :padded] * valid[..., None]
-    return _l2norm(keys[group, :padded]), group_values, group_values @ group_values.transpose(1, 2)
+    if keys.dim() == 2:
+        starts = torch.cumsum(lengths, 0) - lengths
+        rows = (starts[group][:, None] + torch.arange(padded, device=keys.device)[None, :]).clamp(max=len(keys) - 1)
+        group_keys, group_values = keys[rows], text_values[rows]
+    else:
+        group_keys, group_values = keys[group, :padded], text_values[group, :padded]
+    group_values = group_values * valid[..., None]
+    return _l2norm(group_keys), group_values, group_values @ group_values.transpose(1, 2)
 
 
 def _pooled_cosines(
@@ -50,7 +60,13 @@ def _pooled_cosines(
 
 
 def _prepare(queries, values, keys, text_values, lengths):
-    lengths = lengths.to(keys.device).clamp(min=1, max=keys.shape[1])
+    if keys.dim() == 2:  # packed: the lengths are the rows each text holds
+        lengths = lengths.to(keys.device)
+        if int(lengths.sum()) != keys.shape[0] or bool((lengths < 1).any()):
+            total = int(lengths.sum())
+            raise ValueError(f"packed text features hold {keys.shape[0]} rows; lengths (>= 1) sum to {total}")
+    else:
+        lengths = lengths.to(keys.device).clamp(min=1, max=keys.shape[1])
     # in-place element-wise steps save memory traffic at evaluation; training needs the autograd graph
     inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (queries, values, keys, text_values)))
     value_unit = values / values.norm(dim=-1, keepdim=True).clamp_min(EPS)
@@ -69,10 +85,11 @@ def local_similarity(
 ) -> torch.Tensor:
     """S_loc for every pair (images x texts), batched; same numbers as ``local_similarity_per_pair``.
 
-    queries, values: images x R x d; keys, text_values: texts x L x d; lengths: valid rows per text
-    (capped at L). Memory is bounded by one (group x length x tile x R) block."""
+    queries, values: images x R x d; keys, text_values: texts x L x d, or packed (see ``_text_group``);
+    lengths: valid rows per text (capped at L). Memory is bounded by one (group x length x tile x R)
+    block."""
     n_images, regions, dim = queries.shape
-    n_texts = keys.shape[0]
+    n_texts = len(lengths)
     out = torch.empty(n_images, n_texts, dtype=torch.float32, device=queries.device)
     if n_images == 0 or n_texts == 0:
         return out
