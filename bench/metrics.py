@@ -9,6 +9,7 @@ is never held: queries are processed in chunks whose score block fits a memory b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,53 +145,129 @@ def _count_candidates(
     return counts
 
 
-def _score_bins(values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _score_bins(values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Bin of each score, 0 .. SCORE_BINS + 1: 0 below the row's lowest positive, SCORE_BINS + 1
     far above its highest. Monotone in the score (each step is a correctly rounded IEEE operation),
-    so a higher bin always means a higher score; scores and positives go through the same steps."""
-    # non-negative after the clamp, so the conversion's truncation is the floor
-    return (values - low).mul_(scale).add_(1).clamp_(0, SCORE_BINS + 1).to(torch.int64)
+    so a higher bin always means a higher score; scores and positives go through the same steps.
+    ``out``: a float buffer of ``values``' shape."""
+    torch.sub(values, low, out=out).mul_(scale).add_(1).clamp_(0, SCORE_BINS + 1)
+    return out  # non-negative after the clamp, so the conversion's truncation is the floor
 
 
-def _count_binned(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+class _Workspace:
+    """Buffers that every row group of every score block reuses. On a CPU a fresh tensor of a few
+    MB costs the page faults of new memory, more than the arithmetic done in it; reused buffers of
+    ``COUNT_ROWS`` rows also stay in the processor's caches between the passes of the kernel."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+
+def _count_binned(
+    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, workspace: _Workspace | None = None
+) -> torch.Tensor:
     """The count when many items score above the lowest positive, in a few plain passes.
 
     Each row's scores are binned between its lowest and highest positive. Items in a higher bin than
     a positive's are ahead of it: a histogram counts them. Only the items sharing a bin with some
     positive (a few per positive) are compared exactly, with the tie rule."""
+    workspace = workspace or _Workspace()
+    device = scores.device
     valid = torch.isfinite(thresholds)  # padding positives are +inf
     low = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf"))).amin(1, keepdim=True)
     high = torch.where(valid, thresholds, torch.full_like(thresholds, float("-inf"))).amax(1, keepdim=True)
     scale = (SCORE_BINS - 1) / (high - low).clamp_min(1e-30)
-    item_bins = _score_bins(scores, low, scale)
-    positive_bins = torch.where(valid, _score_bins(thresholds, low, scale), torch.zeros_like(index))
-    histogram = torch.zeros(scores.shape[0], SCORE_BINS + 3, dtype=torch.int32, device=scores.device)
-    histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=scores.device).expand_as(item_bins))
+    item_bins = workspace.get("bins", scores.shape, torch.int64, device)
+    item_bins.copy_(_score_bins(scores, low, scale, workspace.get("values", scores.shape, scores.dtype, device)))
+    positive_bins = _score_bins(thresholds, low, scale, torch.empty_like(thresholds)).to(torch.int64)
+    positive_bins = torch.where(valid, positive_bins, torch.zeros_like(index))
+    histogram = torch.zeros(scores.shape[0], SCORE_BINS + 3, dtype=torch.int32, device=device)
+    histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=device).expand_as(item_bins))
     at_or_above = histogram.flip(1).cumsum(1, dtype=torch.int32).flip(1)
     counts = at_or_above.gather(1, positive_bins + 1)
-    marked = torch.zeros(scores.shape[0], SCORE_BINS + 2, dtype=torch.bool, device=scores.device)
+    marked = torch.zeros(scores.shape[0], SCORE_BINS + 2, dtype=torch.bool, device=device)
     marked.scatter_(1, positive_bins, valid)
-    shared = marked.gather(1, item_bins)
+    shared = torch.gather(marked, 1, item_bins, out=workspace.get("shared", scores.shape, torch.bool, device))
     return counts + _count_candidates(scores, thresholds, index, shared, (item_bins, positive_bins))
 
 
-def _count_preceding(scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _count_compared(
+    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, workspace: _Workspace | None = None
+) -> torch.Tensor:
+    """The count for a few positives per row: each positive's threshold compared with every item, in
+    two plain passes (items above it, items equal to it) that sum in floating point, the fastest
+    reduction a CPU has (exact: a row holds fewer than 2^24 items, or the sums run in float64). A
+    row where an item other than the positive itself equals a threshold (an exact tie) is counted
+    again by ``_count_candidates``, which applies the tie rule."""
+    workspace = workspace or _Workspace()
+    exact = torch.float32 if scores.shape[1] < 2**24 else torch.float64
+    flags = workspace.get("flags", scores.shape, exact, scores.device)
+    above = torch.empty(thresholds.shape, dtype=exact, device=scores.device)
+    equal = torch.empty_like(above)
+    for k in range(thresholds.shape[1]):
+        threshold = thresholds[:, k : k + 1]
+        above[:, k] = torch.gt(scores, threshold, out=flags).sum(1)
+        equal[:, k] = torch.eq(scores, threshold, out=flags).sum(1)
+    counts = above.to(torch.int32)
+    itself = (index >= 0) & (index < scores.shape[1]) & torch.isfinite(thresholds)
+    tied = (equal > itself.to(exact)).any(1).nonzero().view(-1)
+    if tied.numel():
+        block, row_thresholds = scores[tied], thresholds[tied]
+        candidate = block >= row_thresholds.amin(dim=1, keepdim=True)
+        counts[tied] = _count_candidates(block, row_thresholds, index[tied], candidate)
+    return counts
+
+
+#: rows of a score block counted together: their working buffers stay in the processor's caches
+COUNT_ROWS = 64
+#: up to this many positives per query, comparing each with every item beats the histogram
+COMPARED_POSITIVES = 8
+
+
+def _count_preceding(
+    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, workspace: _Workspace | None = None
+) -> torch.Tensor:
     """For each (row, k): how many gallery items precede the item ``index[row, k]`` whose score is
     ``thresholds[row, k]``, in the order (descending score, ascending gallery index).
 
     Only an item scoring at least a row's lowest positive can precede any of its positives; for a
     useful model those are few (about the rank of the last positive), and comparing just them is the
     fastest exact count. When they are many (positives ranked deep), a histogram over score bins
-    counts all but the items sharing a bin with a positive. Both are plain tensor operations: the
-    same code and speed wherever PyTorch runs, with nothing to compile."""
-    candidate = scores >= thresholds.amin(dim=1, keepdim=True)
-    if int(torch.count_nonzero(candidate)) * thresholds.shape[1] <= scores.numel():
-        return _count_candidates(scores, thresholds, index, candidate)
-    return _count_binned(scores, thresholds, index)
+    counts all but the items sharing a bin with a positive. A query with at most
+    ``COMPARED_POSITIVES`` positives compares them with every item instead. All are plain tensor
+    operations, run on ``COUNT_ROWS`` rows at a time: the same code and speed wherever PyTorch runs,
+    nothing to compile."""
+    workspace = workspace or _Workspace()
+    counts = torch.empty(thresholds.shape, dtype=torch.int32, device=scores.device)
+    for start in range(0, scores.shape[0], COUNT_ROWS):
+        rows = slice(start, start + COUNT_ROWS)
+        block, row_thresholds, row_index = scores[rows], thresholds[rows], index[rows]
+        if row_thresholds.shape[1] <= COMPARED_POSITIVES:
+            counts[rows] = _count_compared(block, row_thresholds, row_index, workspace)
+            continue
+        low = row_thresholds.amin(dim=1, keepdim=True)
+        # how many items are candidates: a decision, so float32 (a fast sum) is exact enough
+        above = torch.ge(block, low, out=workspace.get("above", block.shape, torch.float32, block.device))
+        if float(above.sum()) * row_thresholds.shape[1] <= block.numel():
+            counts[rows] = _count_candidates(block, row_thresholds, row_index, block >= low)
+        else:
+            counts[rows] = _count_binned(block, row_thresholds, row_index, workspace)
+    return counts
 
 
 def _ranks_in_block(
-    scores: torch.Tensor, positives: torch.Tensor, gallery_start: int = 0, world: World = SINGLE
+    scores: torch.Tensor,
+    positives: torch.Tensor,
+    gallery_start: int = 0,
+    world: World = SINGLE,
+    workspace: _Workspace | None = None,
 ) -> torch.Tensor:
     """1-based ranks of each query's positives, ascending, padded with 0.
 
@@ -211,7 +288,7 @@ def _ranks_in_block(
     thresholds = world.all_reduce(torch.where(owned, found, torch.full_like(found, float("-inf"))), "max")
     thresholds = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf")))
     if width:
-        counts = _count_preceding(scores, thresholds, local)
+        counts = _count_preceding(scores, thresholds, local, workspace)
     else:
         counts = torch.zeros(positives.shape, dtype=torch.int32, device=scores.device)
     ranks = world.all_reduce(counts, "sum").to(torch.int64) + 1
@@ -250,13 +327,14 @@ def _direction(
     table = _positive_table(query_ids, gallery_ids)
     missing = _queries_without_positives(table, skip_queries_without_positives, direction)
     first, ap, inp = [], [], []
+    workspace = _Workspace()
     for rows, block in blocks:
         keep = ~missing[rows]
         positives = table.index[rows][keep].to(block.device)
         if positives.shape[0] == 0:
             continue
         block = block[keep.to(block.device)] if not bool(keep.all()) else block
-        ranks = _ranks_in_block(block, positives, gallery_start, world).cpu().to(torch.float64)
+        ranks = _ranks_in_block(block, positives, gallery_start, world, workspace).cpu().to(torch.float64)
         n = table.count[rows][keep].to(torch.float64)
         position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
         precision = torch.where(ranks > 0, position / ranks.clamp(min=1), torch.zeros_like(ranks))
@@ -419,14 +497,17 @@ ScoreFunction = Callable[[Any, Any], torch.Tensor]
 
 def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
     """Scores of a query chunk against a gallery shard stored (dim x items), one fixed-width tile at
-    a time."""
+    a time. The block returned is overwritten by the next call: one buffer serves every chunk (a
+    fresh block of tens of MB per chunk costs a CPU the page faults of new memory, about a third of
+    the matmul's time)."""
+    buffers = _Workspace()
 
     def score(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         rows = queries.shape[0]
         padded = -(-rows // QUERY_ROW_MULTIPLE) * QUERY_ROW_MULTIPLE
         queries = torch.nn.functional.pad(queries, (0, 0, 0, padded - rows))
         gallery = gallery.to(queries.device)
-        out = torch.empty(padded, gallery.shape[1], dtype=queries.dtype, device=queries.device)
+        out = buffers.get("scores", torch.Size((padded, gallery.shape[1])), queries.dtype, queries.device)
         for start in range(0, gallery.shape[1], tile):
             torch.mm(queries, gallery[:, start : start + tile], out=out[:, start : start + tile])
         return out[:rows]

@@ -131,6 +131,7 @@ def _deep_positives_problem(seed: int = 0):
 def test_deep_positives_take_the_binned_count_and_agree(monkeypatch):
     calls = []
     binned = metrics_module._count_binned
+    monkeypatch.setattr(metrics_module, "COMPARED_POSITIVES", 0)
     monkeypatch.setattr(metrics_module, "_count_binned", lambda *a: calls.append(1) or binned(*a))
     for seed in range(4):
         scores, thresholds, index, brute = _deep_positives_problem(seed)
@@ -168,6 +169,28 @@ def test_binned_count_equals_brute_force(monkeypatch, bins):
         thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
         counts = metrics_module._count_binned(scores, thresholds, index)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
+
+
+def test_compared_count_equals_brute_force():
+    """Exact ties (counted again with the tie rule), padded positives, and positives held by another
+    process (an index outside this shard's columns, before or after them)."""
+    generator = torch.Generator().manual_seed(5)
+    for trial in range(60):
+        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 80, 7))
+        scores = torch.randn(rows, items, generator=generator)
+        if trial % 2:
+            scores = torch.round(scores * 2) / 2  # many exact ties
+        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
+        counts = metrics_module._count_compared(scores, thresholds, index)
+        assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
+        # the same positives seen from a shard that does not hold them
+        for shift, outside in ((items, -1), (-items, items)):
+            elsewhere = torch.full_like(index, outside)
+            gallery = torch.arange(items)
+            tie_ahead = (scores[:, None, :] == thresholds[:, :, None]) & (gallery < elsewhere[:, :, None])
+            expected = ((scores[:, None, :] > thresholds[:, :, None]) | tie_ahead).sum(-1)
+            counts = metrics_module._count_compared(scores, thresholds, elsewhere)
+            assert torch.equal(counts[valid].to(torch.int64), expected[valid]), (trial, shift)
 
 
 @pytest.mark.parametrize("budget", [1, 7, 1 << 22])

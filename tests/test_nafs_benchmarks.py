@@ -144,7 +144,8 @@ def _icfg_run(storage_name: str, queue) -> None:
         scores = real_score_all(image_rows, text_rows, block)
         timed["seconds"] += time.perf_counter() - start
         timed["pairs"] += feature_count(image_rows) * feature_count(text_rows)
-        timed["multiply_adds"] += 2.0 * REGIONS * DIM * float(text_rows["packed_lengths"].sum()) * feature_count(image_rows)
+        elements = float(text_rows["packed_lengths"].sum())
+        timed["multiply_adds"] += 2.0 * REGIONS * DIM * elements * feature_count(image_rows)
         return scores
 
     method.score_all = score_all
