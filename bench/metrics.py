@@ -157,7 +157,7 @@ def _score_bins(values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, ou
 class _Workspace:
     """Buffers that every row group of every score block reuses. On a CPU a fresh tensor of a few
     MB costs the page faults of new memory, more than the arithmetic done in it; reused buffers of
-    ``COUNT_ROWS`` rows also stay in the processor's caches between the passes of the kernel."""
+    ``COUNT_ELEMENTS`` scores also stay in the processor's caches between the passes of the kernel."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
@@ -225,8 +225,9 @@ def _count_compared(
     return counts
 
 
-#: rows of a score block counted together: their working buffers stay in the processor's caches
-COUNT_ROWS = 64
+#: scores counted together (whole rows, at least one): their working buffers (17 bytes a score) stay
+#: in the processor's caches between the kernel's passes
+COUNT_ELEMENTS = 1 << 21
 #: up to this many positives per query, comparing each with every item beats the histogram
 COMPARED_POSITIVES = 8
 
@@ -242,12 +243,13 @@ def _count_preceding(
     fastest exact count. When they are many (positives ranked deep), a histogram over score bins
     counts all but the items sharing a bin with a positive. A query with at most
     ``COMPARED_POSITIVES`` positives compares them with every item instead. All are plain tensor
-    operations, run on ``COUNT_ROWS`` rows at a time: the same code and speed wherever PyTorch runs,
+    operations, run on ``COUNT_ELEMENTS`` scores at a time: the same code and speed wherever PyTorch runs,
     nothing to compile."""
     workspace = workspace or _Workspace()
     counts = torch.empty(thresholds.shape, dtype=torch.int32, device=scores.device)
-    for start in range(0, scores.shape[0], COUNT_ROWS):
-        rows = slice(start, start + COUNT_ROWS)
+    group = max(1, COUNT_ELEMENTS // max(scores.shape[1], 1))
+    for start in range(0, scores.shape[0], group):
+        rows = slice(start, start + group)
         block, row_thresholds, row_index = scores[rows], thresholds[rows], index[rows]
         if row_thresholds.shape[1] <= COMPARED_POSITIVES:
             counts[rows] = _count_compared(block, row_thresholds, row_index, workspace)

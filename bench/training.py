@@ -102,7 +102,9 @@ class _CaptionPairs(torch.utils.data.Dataset):
         }
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+                # the CPU generator only: torch.manual_seed also queues a CUDA seeding with a formatted
+                # stack trace per call when CUDA is not initialised (0.5 ms an item, and a growing queue)
+                torch.random.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
                 item["pixels"] = read_image(self.split, image_index, self.transform)
         return item
 
