@@ -171,6 +171,19 @@ def test_binned_count_equals_brute_force(monkeypatch, bins):
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
 
 
+@pytest.mark.parametrize("group_elements", [1, 300 * 7, 1 << 21])
+@pytest.mark.parametrize("compared", [0, 8])
+def test_count_is_the_same_for_any_row_group(monkeypatch, group_elements, compared):
+    """Rows counted one, seven or all at a time, with either kernel, in one reused workspace."""
+    monkeypatch.setattr(metrics_module, "COUNT_ELEMENTS", group_elements)
+    monkeypatch.setattr(metrics_module, "COMPARED_POSITIVES", compared)
+    workspace = metrics_module._Workspace()
+    for seed in range(3):
+        scores, thresholds, index, brute = _deep_positives_problem(seed)
+        counts = metrics_module._count_preceding(scores, thresholds, index, workspace)
+        assert torch.equal(counts.to(torch.int64), brute)
+
+
 def test_compared_count_equals_brute_force():
     """Exact ties (counted again with the tie rule), padded positives, and positives held by another
     process (an index outside this shard's columns, before or after them)."""
