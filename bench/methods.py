@@ -28,7 +28,6 @@ from torch import nn
 from tbps_bench.features import Features, feature_count, feature_rows
 from tbps_bench.splits import EvalSplit
 
-__all__ = ["Features", "feature_count", "feature_rows"]
 EMBEDDING = "embedding"
 
 

@@ -27,6 +27,7 @@ from tbps_bench.distributed import (
 )
 from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
+from tbps_bench.features import feature_rows
 from tbps_bench.fileio import atomic_path, write_json_atomic
 from tbps_bench.harness import (
     EvalOptions,
@@ -36,7 +37,7 @@ from tbps_bench.harness import (
     load_eval_split,
     resolve_device,
 )
-from tbps_bench.methods import FrozenBackbone, Trainable, feature_rows
+from tbps_bench.methods import FrozenBackbone, Trainable
 from tbps_bench.splits import EvalSplit
 
 SCHEDULE_KEYS = {

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from tbps_bench.errors import BenchError
+from tbps_bench.features import feature_count
 from tbps_bench.fileio import read_npz, sha256_file
-from tbps_bench.methods import Features, Method, PairwiseMethod, feature_count
+from tbps_bench.methods import Features, Method, PairwiseMethod
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
