@@ -114,3 +114,9 @@ def stored(features: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.floa
         return t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()
 
     return {k: convert(v) for k, v in features.items()}
+
+
+def in_float32(features: Mapping[str, torch.Tensor], device: torch.device | None = None) -> Features:
+    """Features as methods receive them: floating point in fp32 whatever the storage precision, so
+    that a plugin never sees bf16 it did not ask for (converted block by block, not all at once)."""
+    return {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in features.items()}

@@ -25,6 +25,7 @@ from tbps_bench.features import (
     concat_features,
     feature_count,
     feature_rows,
+    in_float32,
     pad_to,
 )
 from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
@@ -249,7 +250,7 @@ def _encode_blocks(
 
 def _projected(project, features: Features, device: torch.device) -> Features:
     with torch.inference_mode():
-        out = as_features(project({k: v.to(device) for k, v in features.items()}))
+        out = as_features(project(in_float32(features, device)))
     return {k: v.float().cpu() for k, v in out.items()}
 
 
@@ -311,7 +312,8 @@ def _evaluate_pairwise(
     process."""
     start = time.perf_counter()
     if not method.scores_blockwise:
-        scores = method.score_all(world.gather_features(images.features), world.gather_features(texts.features))
+        images_all, texts_all = (in_float32(world.gather_features(f.features)) for f in (images, texts))
+        scores = method.score_all(images_all, texts_all)
         timings["pairwise_scoring_s"] = time.perf_counter() - start
         return evaluate_scores(scores, split.caption_pids, split.image_pids)
 
@@ -320,7 +322,8 @@ def _evaluate_pairwise(
 
     def score_texts(text_chunk: Features, image_shard: Features) -> torch.Tensor:
         count = feature_count(image_shard)
-        blocks = [method.score_all(feature_rows(image_shard, t), text_chunk) for t in tiles(count)]
+        text_chunk = in_float32(text_chunk)
+        blocks = [method.score_all(in_float32(feature_rows(image_shard, t)), text_chunk) for t in tiles(count)]
         return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(text_chunk), 0)
 
     retrieval = evaluate_scored_once(texts, images, split.caption_pids, split.image_pids, score_texts, world)

@@ -84,3 +84,20 @@ def test_efficientnet_lite0_recognises_imagenet_classes():
         image = transform(Image.fromarray(getattr(data, name)()).convert("RGB"))[None]
         with torch.no_grad():
             assert int(model.classify(image).argmax()) == imagenet_class
+
+
+def test_stored_bf16_features_reach_methods_in_fp32(tmp_path):
+    """A frozen backbone's projection heads (fp32) run on features stored in bf16; the metrics stay
+    close to fp32 storage."""
+    from tbps_bench.cli import main
+    from tbps_bench.results import load_result
+
+    metrics = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        args = ["eval", "-m", "frozen-linear", "-d", "toy-pedes", "--limit", "60", "--feature-dtype", dtype]
+        assert main([*args, "--out", str(out)]) == 0
+        result = load_result(next(out.rglob("*.json")))
+        assert result["protocol"]["feature_dtype"] == dtype
+        metrics[dtype] = result["metrics"]["t2i"]["mAP"]
+    assert metrics["bf16"] == pytest.approx(metrics["fp32"], abs=5.0)
