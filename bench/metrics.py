@@ -517,44 +517,57 @@ def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
     return score
 
 
+def _owned_rows(ranges: list[slice], wanted: slice, world: World, mine, others) -> torch.Tensor:
+    """Rows ``wanted`` of something split by ``ranges``, on every rank: each owner broadcasts its part,
+    ``mine(start, stop)`` (its own rows, in its local numbering), into ``others(start, stop)`` (an
+    empty tensor of that part's shape, in the global numbering) on the other ranks."""
+    pieces = []
+    for owner, own in enumerate(ranges):
+        start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
+        if start >= stop:
+            continue
+        piece = mine(start - own.start, stop - own.start) if owner == world.rank else others(start, stop)
+        pieces.append(world.broadcast(piece, owner))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
 def _rows_of(shard: Shard, wanted: slice, world: World):
     """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part."""
     if isinstance(shard.features, dict):
         return _feature_rows_of(shard.features, shard.ranges, wanted, world)
     local = shard.features.T if shard.items_last else shard.features
-    pieces = []
-    for owner, own in enumerate(shard.ranges):
-        start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
-        if start >= stop:
-            continue
-        if owner == world.rank:
-            piece = local[start - own.start : stop - own.start].contiguous()
-        else:
-            piece = torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device)
-        pieces.append(world.broadcast(piece, owner))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return _owned_rows(
+        shard.ranges,
+        wanted,
+        world,
+        lambda start, stop: local[start:stop].contiguous(),
+        lambda start, stop: torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device),
+    )
 
 
 def _feature_rows_of(features: dict[str, torch.Tensor], ranges: list[slice], wanted: slice, world: World):
     """``_rows_of`` for a feature dict: the per-item tensors first, then the packed ones, whose size
     every rank learns from the items' lengths."""
     out = {key: _rows_of(Shard(value, ranges), wanted, world) for key, value in features.items() if not is_packed(key)}
-    for key in (key for key in features if is_packed(key)):
-        local = features[key]
-        pieces = []
-        for owner, own in enumerate(ranges):
-            start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
-            if start >= stop:
-                continue
-            if owner == world.rank:
-                mine = {PACKED_LENGTHS: features[PACKED_LENGTHS], key: local}
-                piece = feature_rows(mine, slice(start - own.start, stop - own.start))[key].contiguous()
-            else:
-                size = int(out[PACKED_LENGTHS][start - wanted.start : stop - wanted.start].sum())
-                piece = torch.empty((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
-            pieces.append(world.broadcast(piece, owner))
-        out[key] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    for key in [key for key in features if is_packed(key)]:
+        out[key] = _packed_rows_of(features, key, out[PACKED_LENGTHS], ranges, wanted, world)
     return out
+
+
+def _packed_rows_of(
+    features: dict[str, torch.Tensor], key: str, lengths: torch.Tensor, ranges: list[slice], wanted: slice, world: World
+) -> torch.Tensor:
+    """The packed rows of items ``wanted`` (whose ``lengths`` every rank holds) of the packed ``key``."""
+    packed = features[key]
+    mine = {PACKED_LENGTHS: features[PACKED_LENGTHS], key: packed}
+
+    def others(start: int, stop: int) -> torch.Tensor:
+        size = int(lengths[start - wanted.start : stop - wanted.start].sum())
+        return torch.empty((size, *packed.shape[1:]), dtype=packed.dtype, device=packed.device)
+
+    return _owned_rows(
+        ranges, wanted, world, lambda start, stop: feature_rows(mine, slice(start, stop))[key].contiguous(), others
+    )
 
 
 def evaluate_sharded(
@@ -635,20 +648,21 @@ def evaluate_scored_once(
     skip = skip_queries_without_positives
     _queries_without_positives(_positive_table(iid, tid), skip, "i2t")  # on every rank, before any work
     own = images.ranges[world.rank]
-    kept: list[torch.Tensor] = []
+    kept: torch.Tensor | None = None  # (all texts x this process's images), allocated on the scores' device
 
     def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
+        nonlocal kept
         for rows in _chunked(texts.total, query_chunk_rows(images.total, chunk_bytes)):
             block = score_texts(_rows_of(texts, rows, world), images.features)
-            if not kept:
-                kept.append(torch.empty(texts.total, block.shape[1], dtype=block.dtype, device=block.device))
-            kept[0][rows] = block
+            if kept is None:
+                kept = torch.empty(texts.total, block.shape[1], dtype=block.dtype, device=block.device)
+            kept[rows] = block
             yield rows, block
 
     t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
     width = own.stop - own.start
     step = _rows_per_chunk(texts.total, chunk_bytes)
-    columns = ((rows, kept[0][:, rows].T.contiguous()) for rows in _chunked(width, step)) if width else iter(())
+    columns = ((rows, kept[:, rows].T.contiguous()) for rows in _chunked(width, step)) if width else iter(())
     mine = _direction(columns, iid[own], tid, ks, skip, "i2t", require_queries=False)
     parts = world.all_gather_object(
         (

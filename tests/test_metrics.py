@@ -153,20 +153,27 @@ def _padded_positives(scores: torch.Tensor, positives: int, generator: torch.Gen
     return thresholds, index, valid, brute
 
 
+def _count_problems(seed: int, bounds: tuple[int, int, int], variants: int = 2, trials: int = 60):
+    """Random (rows x items) scores with padded positives and their brute-force counts: every
+    ``variants``-th problem from the second has many exact ties; with 3 variants, every third from
+    the third has all scores within a few float32 steps."""
+    generator = torch.Generator().manual_seed(seed)
+    for trial in range(trials):
+        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in bounds)
+        scores = torch.randn(rows, items, generator=generator)
+        if trial % variants == 1:
+            scores = torch.round(scores * 2) / 2  # many exact ties
+        if trial % variants == 2:
+            scores = 0.5 + scores * 1e-6  # all within a few float32 steps
+        yield trial, scores, *_padded_positives(scores, positives, generator)
+
+
 @pytest.mark.parametrize("bins", [1, 2, 7, 2048])
 def test_binned_count_equals_brute_force(monkeypatch, bins):
     """Exact ties, scores closer than a bin, a single distinct positive score, padded positives, and
     any number of bins (a few bins: most items share one with a positive)."""
     monkeypatch.setattr(metrics_module, "SCORE_BINS", bins)
-    generator = torch.Generator().manual_seed(bins)
-    for trial in range(60):
-        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 80, 7))
-        scores = torch.randn(rows, items, generator=generator)
-        if trial % 3 == 1:
-            scores = torch.round(scores * 2) / 2  # many exact ties
-        if trial % 3 == 2:
-            scores = 0.5 + scores * 1e-6  # all within a few float32 steps
-        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
+    for trial, scores, thresholds, index, valid, brute in _count_problems(bins, (20, 80, 7), variants=3):
         counts = metrics_module._count_binned(scores, thresholds, index)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
 
@@ -187,36 +194,25 @@ def test_count_is_the_same_for_any_row_group(monkeypatch, group_elements, compar
 def test_compared_count_equals_brute_force():
     """Exact ties (counted again with the tie rule), padded positives, and positives held by another
     process (an index outside this shard's columns, before or after them)."""
-    generator = torch.Generator().manual_seed(5)
-    for trial in range(60):
-        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 80, 7))
-        scores = torch.randn(rows, items, generator=generator)
-        if trial % 2:
-            scores = torch.round(scores * 2) / 2  # many exact ties
-        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
+    for trial, scores, thresholds, index, valid, brute in _count_problems(5, (20, 80, 7)):
+        items = scores.shape[1]
         counts = metrics_module._count_compared(scores, thresholds, index)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
         # the same positives seen from a shard that does not hold them
-        for shift, outside in ((items, -1), (-items, items)):
+        for outside in (-1, items):
             elsewhere = torch.full_like(index, outside)
             gallery = torch.arange(items)
             tie_ahead = (scores[:, None, :] == thresholds[:, :, None]) & (gallery < elsewhere[:, :, None])
             expected = ((scores[:, None, :] > thresholds[:, :, None]) | tie_ahead).sum(-1)
             counts = metrics_module._count_compared(scores, thresholds, elsewhere)
-            assert torch.equal(counts[valid].to(torch.int64), expected[valid]), (trial, shift)
+            assert torch.equal(counts[valid].to(torch.int64), expected[valid]), (trial, outside)
 
 
 @pytest.mark.parametrize("budget", [1, 7, 1 << 22])
 def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
     """Ties, padded positives and every split of the candidates into steps give the exact counts."""
     monkeypatch.setattr(metrics_module, "CANDIDATE_BUDGET", budget)
-    generator = torch.Generator().manual_seed(budget)
-    for trial in range(60):
-        rows, items, positives = (int(torch.randint(1, n, (1,), generator=generator)) for n in (20, 50, 6))
-        scores = torch.randn(rows, items, generator=generator)
-        if trial % 2:
-            scores = torch.round(scores * 2) / 2  # many exact ties
-        thresholds, index, valid, brute = _padded_positives(scores, positives, generator)
+    for _, scores, thresholds, index, valid, brute in _count_problems(budget, (20, 50, 6)):
         candidate = scores >= thresholds.amin(dim=1, keepdim=True)
         counts = metrics_module._count_candidates(scores, thresholds, index, candidate)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid])

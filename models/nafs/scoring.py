@@ -26,16 +26,21 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + EPS)
 
 
-def _text_group(keys: torch.Tensor, text_values: torch.Tensor, lengths: torch.Tensor, group: torch.Tensor):
+def _text_group(
+    keys: torch.Tensor,
+    text_values: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor | None,
+    group: torch.Tensor,
+):
     """Unit keys, zero-padded values and value Gram matrices of a group of texts, cut to its longest.
 
     ``keys`` / ``text_values`` are padded (texts x L x d) or packed ((sum of lengths) x d, each
-    text's rows in turn): stored at their true lengths, a split's text features take the memory of
-    their tokens, not of its longest caption's."""
+    text's rows in turn, the first at ``starts``): stored at their true lengths, a split's text
+    features take the memory of their tokens, not of its longest caption's."""
     padded = int(lengths[group].max())
     valid = torch.arange(padded, device=keys.device)[None, :] < lengths[group][:, None]
-    if keys.dim() == 2:
-        starts = torch.cumsum(lengths, 0) - lengths
+    if starts is not None:
         rows = (starts[group][:, None] + torch.arange(padded, device=keys.device)[None, :]).clamp(max=len(keys) - 1)
         group_keys, group_values = keys[rows], text_values[rows]
     else:
@@ -65,12 +70,14 @@ def _prepare(queries, values, keys, text_values, lengths):
         if int(lengths.sum()) != keys.shape[0] or bool((lengths < 1).any()):
             total = int(lengths.sum())
             raise ValueError(f"packed text features hold {keys.shape[0]} rows; lengths (>= 1) sum to {total}")
+        starts = torch.cumsum(lengths, 0) - lengths
     else:
         lengths = lengths.to(keys.device).clamp(min=1, max=keys.shape[1])
+        starts = None
     # in-place element-wise steps save memory traffic at evaluation; training needs the autograd graph
     inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (queries, values, keys, text_values)))
     value_unit = values / values.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    return _l2norm(queries), value_unit, lengths, inplace, torch.argsort(lengths, stable=True)
+    return _l2norm(queries), value_unit, lengths, starts, inplace, torch.argsort(lengths, stable=True)
 
 
 def local_similarity(
@@ -93,10 +100,10 @@ def local_similarity(
     out = torch.empty(n_images, n_texts, dtype=torch.float32, device=queries.device)
     if n_images == 0 or n_texts == 0:
         return out
-    query_unit, value_unit, lengths, inplace, order = _prepare(queries, values, keys, text_values, lengths)
+    query_unit, value_unit, lengths, starts, inplace, order = _prepare(queries, values, keys, text_values, lengths)
     for start in range(0, n_texts, texts_per_group):
         group = order[start : start + texts_per_group]
-        group_keys, group_values, gram = _text_group(keys, text_values, lengths, group)
+        group_keys, group_values, gram = _text_group(keys, text_values, lengths, starts, group)
         g, padded = group_keys.shape[:2]
         keys_flat, values_flat = group_keys.reshape(g * padded, dim), group_values.reshape(g * padded, dim)
         for first in range(0, n_images, images_per_tile):
@@ -124,10 +131,10 @@ def local_similarity_candidates(
     n_texts, k = candidates.shape
     regions, dim = queries.shape[1:]
     out = torch.empty(n_texts, k, dtype=torch.float32, device=queries.device)
-    query_unit, value_unit, lengths, inplace, order = _prepare(queries, values, keys, text_values, lengths)
+    query_unit, value_unit, lengths, starts, inplace, order = _prepare(queries, values, keys, text_values, lengths)
     for start in range(0, n_texts, texts_per_group):
         group = order[start : start + texts_per_group]
-        group_keys, group_values, gram = _text_group(keys, text_values, lengths, group)
+        group_keys, group_values, gram = _text_group(keys, text_values, lengths, starts, group)
         g, padded = group_keys.shape[:2]
         chosen = candidates[group].to(queries.device)
         q = query_unit[chosen].reshape(g, k * regions, dim)
