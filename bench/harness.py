@@ -273,7 +273,6 @@ def evaluate_split(
             split.caption_pids,
             split.image_pids,
             score,
-            score,
             world,
         )
         scoring = "cosine"

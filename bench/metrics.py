@@ -116,20 +116,17 @@ def _positive_table(query_ids: torch.Tensor, gallery_ids: torch.Tensor) -> _Posi
 #: (candidate item, positive) comparisons per step of the candidate kernel: bounds its extra memory
 #: (about 17 bytes each: the gathered threshold, gallery index, comparison and count)
 CANDIDATE_BUDGET = 1 << 22
-#: histogram bins between a row's lowest and highest positive score (the binned count)
-SCORE_BINS = 2048
+#: histogram bins between a row's lowest and highest positive score (the binned count), at most,
+#: and at least this many items a bin (short rows: a histogram wider than the row costs more than it saves)
+SCORE_BINS = 1024
+ITEMS_PER_BIN = 4
 
 
 def _count_candidates(
-    scores: torch.Tensor,
-    thresholds: torch.Tensor,
-    index: torch.Tensor,
-    candidate: torch.Tensor,
-    bins: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, candidate: torch.Tensor
 ) -> torch.Tensor:
     """Compare only the candidate items with each positive, in steps whose (candidate, positive)
-    pairs fit ``CANDIDATE_BUDGET``. With ``bins`` (item bins, positive bins) an item is compared
-    only with the positives of its own bin."""
+    pairs fit ``CANDIDATE_BUDGET``."""
     positives = thresholds.shape[1]
     rows, columns = candidate.nonzero(as_tuple=True)  # row-major: each step is whole pairs, any rows
     counts = torch.zeros(thresholds.shape, dtype=torch.int32, device=scores.device)
@@ -139,18 +136,60 @@ def _count_candidates(
         item = scores[row, column][:, None]
         threshold, position = thresholds[row], index[row]
         ahead = (item > threshold) | ((item == threshold) & (column[:, None] < position))
-        if bins is not None:
-            ahead &= bins[0][row, column][:, None] == bins[1][row]
         counts.index_add_(0, row, ahead.to(torch.int32))
     return counts
 
 
-def _score_bins(values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Bin of each score, 0 .. SCORE_BINS + 1: 0 below the row's lowest positive, SCORE_BINS + 1
-    far above its highest. Monotone in the score (each step is a correctly rounded IEEE operation),
-    so a higher bin always means a higher score; scores and positives go through the same steps.
-    ``out``: a float buffer of ``values``' shape."""
-    torch.sub(values, low, out=out).mul_(scale).add_(1).clamp_(0, SCORE_BINS + 1)
+def _count_sharing_a_bin(
+    scores: torch.Tensor,
+    thresholds: torch.Tensor,
+    index: torch.Tensor,
+    item_bins: torch.Tensor,
+    positive_bins: torch.Tensor,
+    bins: int,
+    workspace: _Workspace,
+) -> torch.Tensor:
+    """Of the items in each positive's own bin, those ahead of it (tie rule included). Each such item
+    is compared with the positives of its bin only, one layer at a time: layer 0 holds one positive
+    of every bin that has any, layer 1 a second one where a bin has two, and so on (a few layers)."""
+    rows, positives = thresholds.shape
+    device = scores.device
+    unused = bins + 2  # a bin no item falls in: where padding positives go
+    valid = torch.isfinite(thresholds)
+    positive_bins = torch.where(valid, positive_bins, torch.full_like(positive_bins, unused))
+    sorted_bins, order = positive_bins.sort(dim=1, stable=True)
+    slots = torch.arange(positives, device=device).expand(rows, positives)
+    layer = torch.empty_like(order).scatter_(1, order, slots - torch.searchsorted(sorted_bins, sorted_bins))
+    slot_of_bin = workspace.get("slot_of_bin", torch.Size((rows, bins + 3)), torch.int64, device)
+
+    def layer_table(depth: int) -> torch.Tensor:
+        slot_of_bin.fill_(-1).scatter_(1, torch.where(layer == depth, positive_bins, unused), slots)
+        return slot_of_bin
+
+    marked = layer_table(0)[:, : bins + 2] >= 0
+    shared = torch.gather(marked, 1, item_bins, out=workspace.get("shared", scores.shape, torch.bool, device))
+    row, column = shared.nonzero(as_tuple=True)
+    item, item_bin = scores[row, column], item_bins[row, column]
+    counts = torch.zeros(rows * positives, dtype=torch.int32, device=device)
+    for depth in range(int(torch.where(valid, layer, 0).max()) + 1 if rows else 0):
+        slot = layer_table(depth)[row, item_bin] if depth else slot_of_bin[row, item_bin]
+        if depth:  # only the items whose bin has a positive at this depth
+            present = (slot >= 0).nonzero().view(-1)
+            row, column, item, item_bin, slot = (t[present] for t in (row, column, item, item_bin, slot))
+        threshold, position = thresholds[row, slot], index[row, slot]
+        ahead = (item > threshold) | ((item == threshold) & (column < position))
+        counts.index_add_(0, row * positives + slot, ahead.to(torch.int32))
+    return counts.view(rows, positives)
+
+
+def _score_bins(
+    values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, bins: int, out: torch.Tensor
+) -> torch.Tensor:
+    """Bin of each score, 0 .. bins + 1: 0 below the row's lowest positive, bins + 1 far above its
+    highest. Monotone in the score (each step is a correctly rounded IEEE operation), so a higher
+    bin always means a higher score; scores and positives go through the same steps. ``out``: a
+    float buffer of ``values``' shape."""
+    torch.sub(values, low, out=out).mul_(scale).add_(1).clamp_(0, bins + 1)
     return out  # non-negative after the clamp, so the conversion's truncation is the floor
 
 
@@ -171,31 +210,34 @@ class _Workspace:
 
 
 def _count_binned(
-    scores: torch.Tensor, thresholds: torch.Tensor, index: torch.Tensor, workspace: _Workspace | None = None
+    scores: torch.Tensor,
+    thresholds: torch.Tensor,
+    index: torch.Tensor,
+    workspace: _Workspace | None = None,
+    bins: int = SCORE_BINS,
 ) -> torch.Tensor:
     """The count when many items score above the lowest positive, in a few plain passes.
 
     Each row's scores are binned between its lowest and highest positive. Items in a higher bin than
-    a positive's are ahead of it: a histogram counts them. Only the items sharing a bin with some
-    positive (a few per positive) are compared exactly, with the tie rule."""
+    a positive's are ahead of it: a cumulative histogram counts them. Only the items sharing a bin
+    with some positive (a few per positive) are compared exactly, with the tie rule."""
     workspace = workspace or _Workspace()
     device = scores.device
+    rows, width = scores.shape
     valid = torch.isfinite(thresholds)  # padding positives are +inf
     low = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf"))).amin(1, keepdim=True)
     high = torch.where(valid, thresholds, torch.full_like(thresholds, float("-inf"))).amax(1, keepdim=True)
-    scale = (SCORE_BINS - 1) / (high - low).clamp_min(1e-30)
+    scale = (bins - 1) / (high - low).clamp_min(1e-30)
     item_bins = workspace.get("bins", scores.shape, torch.int64, device)
-    item_bins.copy_(_score_bins(scores, low, scale, workspace.get("values", scores.shape, scores.dtype, device)))
-    positive_bins = _score_bins(thresholds, low, scale, torch.empty_like(thresholds)).to(torch.int64)
+    values = workspace.get("values", scores.shape, scores.dtype, device)
+    item_bins.copy_(_score_bins(scores, low, scale, bins, values))
+    positive_bins = _score_bins(thresholds, low, scale, bins, torch.empty_like(thresholds)).to(torch.int64)
     positive_bins = torch.where(valid, positive_bins, torch.zeros_like(index))
-    histogram = torch.zeros(scores.shape[0], SCORE_BINS + 3, dtype=torch.int32, device=device)
+    histogram = workspace.get("histogram", torch.Size((rows, bins + 2)), torch.int32, device).zero_()
     histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=device).expand_as(item_bins))
-    at_or_above = histogram.flip(1).cumsum(1, dtype=torch.int32).flip(1)
-    counts = at_or_above.gather(1, positive_bins + 1)
-    marked = torch.zeros(scores.shape[0], SCORE_BINS + 2, dtype=torch.bool, device=device)
-    marked.scatter_(1, positive_bins, valid)
-    shared = torch.gather(marked, 1, item_bins, out=workspace.get("shared", scores.shape, torch.bool, device))
-    return counts + _count_candidates(scores, thresholds, index, shared, (item_bins, positive_bins))
+    # items in a higher bin than the positive's: all of them, less those in its bin or below
+    counts = width - histogram.cumsum_(1).gather(1, positive_bins)
+    return counts + _count_sharing_a_bin(scores, thresholds, index, item_bins, positive_bins, bins, workspace)
 
 
 def _count_compared(
@@ -230,6 +272,8 @@ def _count_compared(
 COUNT_ELEMENTS = 1 << 21
 #: up to this many positives per query, comparing each with every item beats the histogram
 COMPARED_POSITIVES = 8
+#: the choice between the candidate and the binned count looks at every this-many-th item
+DECISION_STRIDE = 8
 
 
 def _count_preceding(
@@ -255,12 +299,14 @@ def _count_preceding(
             counts[rows] = _count_compared(block, row_thresholds, row_index, workspace)
             continue
         low = row_thresholds.amin(dim=1, keepdim=True)
-        # how many items are candidates: a decision, so float32 (a fast sum) is exact enough
-        above = torch.ge(block, low, out=workspace.get("above", block.shape, torch.float32, block.device))
-        if float(above.sum()) * row_thresholds.shape[1] <= block.numel():
+        # how many items are candidates, estimated from every DECISION_STRIDE-th item: a decision only
+        sample = block[:, ::DECISION_STRIDE]
+        above = torch.ge(sample, low, out=workspace.get("above", sample.shape, torch.float32, block.device))
+        if float(above.sum()) * row_thresholds.shape[1] <= sample.numel():
             counts[rows] = _count_candidates(block, row_thresholds, row_index, block >= low)
         else:
-            counts[rows] = _count_binned(block, row_thresholds, row_index, workspace)
+            bins = min(SCORE_BINS, max(1, block.shape[1] // ITEMS_PER_BIN))
+            counts[rows] = _count_binned(block, row_thresholds, row_index, workspace, bins)
     return counts
 
 
@@ -293,9 +339,25 @@ def _ranks_in_block(
         counts = _count_preceding(scores, thresholds, local, workspace)
     else:
         counts = torch.zeros(positives.shape, dtype=torch.int32, device=scores.device)
-    ranks = world.all_reduce(counts, "sum").to(torch.int64) + 1
+    return _ascending_ranks(world.all_reduce(counts, "sum"), valid)
+
+
+def _per_query(ranks: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-hit rank, average precision and inverse negative penalty of each query, from the ranks
+    of its positives (ascending, padded with 0) and how many it has."""
+    ranks = ranks.cpu().to(torch.float64)
+    n = count.to(torch.float64)
+    position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
+    precision = torch.where(ranks > 0, position / ranks.clamp(min=1), torch.zeros_like(ranks))
+    last = ranks.gather(1, (count.to(torch.int64) - 1)[:, None]).squeeze(1)
+    return ranks[:, 0].to(torch.int64), precision.sum(1) / n, n / last
+
+
+def _ascending_ranks(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1-based ranks from the counts of items ahead of each positive: ascending, padded with 0."""
     padding = torch.iinfo(torch.int64).max
-    ranks = torch.sort(torch.where(valid, ranks, torch.full_like(ranks, padding)), dim=1).values
+    ranks = torch.where(valid, counts.to(torch.int64) + 1, torch.full(counts.shape, padding, device=counts.device))
+    ranks = torch.sort(ranks, dim=1).values
     return torch.where(ranks == padding, torch.zeros_like(ranks), ranks)
 
 
@@ -336,13 +398,9 @@ def _direction(
         if positives.shape[0] == 0:
             continue
         block = block[keep.to(block.device)] if not bool(keep.all()) else block
-        ranks = _ranks_in_block(block, positives, gallery_start, world, workspace).cpu().to(torch.float64)
-        n = table.count[rows][keep].to(torch.float64)
-        position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
-        precision = torch.where(ranks > 0, position / ranks.clamp(min=1), torch.zeros_like(ranks))
-        first.append(ranks[:, 0].to(torch.int64))
-        ap.append(precision.sum(1) / n)
-        inp.append(n / ranks.gather(1, (n.to(torch.int64) - 1)[:, None]).squeeze(1))
+        ranks = _ranks_in_block(block, positives, gallery_start, world, workspace)
+        for values, out in zip(_per_query(ranks, table.count[rows][keep]), (first, ap, inp), strict=True):
+            out.append(values)
     if not first and require_queries:
         raise BenchError(f"{direction}: no query has a positive; nothing to evaluate")
     if not first:
@@ -434,7 +492,6 @@ def evaluate_embeddings(
         Shard.of_embeddings(image, [slice(0, image.shape[0])]),
         text_ids,
         image_ids,
-        score,
         score,
         ks=ks,
         chunk_bytes=chunk_bytes,
@@ -575,25 +632,191 @@ def evaluate_sharded(
     images: Shard,
     text_ids,
     image_ids,
-    score_texts: ScoreFunction,
-    score_images: ScoreFunction,
+    score: ScoreFunction,
     world: World = SINGLE,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     skip_queries_without_positives: bool = False,
 ) -> RetrievalResult:
-    """Both directions when each process holds a shard of the texts and of the images.
+    """Both directions when each process holds a shard of the texts and of the images and a pair's
+    score is the same in both directions (cosine similarity): one pass of score blocks where it can.
 
-    ``score_texts(text_chunk, image_shard)`` gives a (chunk x shard) block of text-to-image scores,
-    ``score_images(image_chunk, text_shard)`` the image-to-text ones. Query chunks travel to every
-    process; no process holds more than its shard of a gallery and one (chunk x shard) block, and
-    every process returns the same result, identical to the one-process result."""
+    ``score(text_chunk, image_shard)`` gives a (chunk x shard) block. Text chunks travel to every
+    process; each block ranks the chunk's texts over every process's images and, read by columns,
+    adds the chunk's texts to the counts that rank this process's images over every text. Those
+    counts need each image's positive scores before the pass: they are scored first in person-id
+    groups (a few per cent of the work) and each is checked against the pass's own bits. Images are
+    ranked in a second pass of their own (``rank_sharded``) should any differ (a BLAS that rounds by
+    matrix shape), or when the columns of a process's images would not fit ``COLUMN_SLAB_CHUNKS``
+    chunks' memory at a useful width (a gallery of a million images). No process holds more than
+    its shards and a few blocks; every process returns the same result, identical to the
+    one-process result."""
     tid = _as_ids("text_ids", text_ids, texts.total, "texts")
     iid = _as_ids("image_ids", image_ids, images.total, "images")
-    options = {"world": world, "ks": ks, "chunk_bytes": chunk_bytes, "skip": skip_queries_without_positives}
-    t2i = rank_sharded(texts, images, tid, iid, score_texts, direction="t2i", **options)
-    i2t = rank_sharded(images, texts, iid, tid, score_images, direction="i2t", **options)
-    return RetrievalResult(t2i=t2i, i2t=i2t)
+    skip = skip_queries_without_positives
+    options = {"world": world, "ks": ks, "chunk_bytes": chunk_bytes, "skip": skip}
+    step = query_chunk_rows(images.total, chunk_bytes)
+    slab = _column_slab_width(images.ranges, texts.total, step, chunk_bytes)
+    if slab is None:
+        t2i = rank_sharded(texts, images, tid, iid, score, "t2i", **options)
+        return RetrievalResult(t2i=t2i, i2t=rank_sharded(images, texts, iid, tid, score, "i2t", **options))
+    own = images.ranges[world.rank]
+    image_table = _positive_table(iid, tid)
+    _queries_without_positives(image_table, skip, "i2t")  # on every rank, before any work
+    image_table = _PositiveTable(image_table.index[own], image_table.count[own])
+    columns = _ColumnCounts(image_table, _positive_scores(texts, images, tid, image_table, score, world), slab)
+
+    def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
+        for rows in _chunked(texts.total, step):
+            block = score(_rows_of(texts, rows, world), images.features)
+            yield rows, block
+            columns.add(rows, block, texts.total)
+
+    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
+    if bool(world.all_reduce(torch.tensor([columns.mismatched], dtype=torch.int32), "max")):
+        return RetrievalResult(t2i=t2i, i2t=rank_sharded(images, texts, iid, tid, score, "i2t", **options))
+    return RetrievalResult(t2i=t2i, i2t=_gathered(columns.result(ks), world))
+
+
+#: the columns of a process's images are counted in slabs of up to this many chunks' memory ...
+COLUMN_SLAB_CHUNKS = 2
+#: ... and at least this many texts wide (narrower rows cost more per score than a pass of their own)
+MIN_COLUMN_SLAB = 1024
+
+
+def _column_slab_width(image_ranges: list[slice], texts: int, step: int, chunk_bytes: int) -> int | None:
+    """Texts per slab of image columns (whole chunks of ``step`` texts), the same on every rank; None
+    when the largest shard's columns do not fit at ``MIN_COLUMN_SLAB`` texts."""
+    widest = max(r.stop - r.start for r in image_ranges)
+    chunks = COLUMN_SLAB_CHUNKS * chunk_bytes // (max(widest, 1) * 4 * step)
+    width = min(chunks * step, -(-texts // step) * step)
+    return width if width >= min(MIN_COLUMN_SLAB, texts) and chunks else None
+
+
+def _positive_scores(
+    texts: Shard, images: Shard, text_ids: torch.Tensor, table: _PositiveTable, score: ScoreFunction, world: World
+) -> torch.Tensor:
+    """The score of each of this process's images with each of its positive texts (``table``, +inf
+    for padding), scored with ``score`` in groups of texts taken in person-id order, so that a group
+    meets few images: each text's positives are the images of its own person."""
+    device = _features_device(images)
+    scores = torch.full(table.index.shape, float("inf"), device=device)
+    order = torch.argsort(text_ids, stable=True)
+    group_of = torch.empty_like(order)
+    group_of[order] = torch.arange(len(order)) // POSITIVE_GROUP
+    pair_group = torch.where(table.index >= 0, group_of[table.index.clamp(min=0)], -1)
+    for number, group in enumerate(_chunked(len(order), POSITIVE_GROUP)):
+        indices = torch.sort(order[group]).values
+        rows = _indexed_rows_of(texts, indices, world)  # on every rank: each owner broadcasts
+        image_at, slot = (pair_group == number).nonzero(as_tuple=True)
+        if image_at.numel() == 0:
+            continue
+        images_in_group, image_rows = torch.unique(image_at, return_inverse=True)
+        block = score(rows, _gallery_items(images, images_in_group.to(device)))  # (group texts x its images)
+        text_rows = torch.searchsorted(indices, table.index[image_at, slot])
+        scores[image_at.to(device), slot.to(device)] = block[text_rows.to(device), image_rows.to(device)]
+    return scores
+
+
+#: texts per group when the positive pairs are scored before the pass
+POSITIVE_GROUP = 512
+
+
+def _indexed_rows_of(shard: Shard, indices: torch.Tensor, world: World) -> torch.Tensor:
+    """Rows ``indices`` (ascending) of a sharded tensor, on every rank: each owner broadcasts its part."""
+    local = shard.features.T if shard.items_last else shard.features
+    pieces = []
+    for owner, own in enumerate(shard.ranges):
+        part = indices[(indices >= own.start) & (indices < own.stop)]
+        if part.numel() == 0:
+            continue
+        if owner == world.rank:
+            piece = local[(part - own.start).to(local.device)].contiguous()
+        else:
+            piece = torch.empty((part.numel(), *local.shape[1:]), dtype=local.dtype, device=local.device)
+        pieces.append(world.broadcast(piece, owner))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _gallery_items(shard: Shard, local: torch.Tensor) -> torch.Tensor:
+    """Items ``local`` of this process's shard, in the shard's own layout (the scorer's gallery)."""
+    return shard.features[:, local].contiguous() if shard.items_last else shard.features[local].contiguous()
+
+
+def _features_device(shard: Shard) -> torch.device:
+    features = shard.features
+    return next(iter(features.values())).device if isinstance(features, dict) else features.device
+
+
+class _ColumnCounts:
+    """Image-to-text counts of this process's images, added up over slabs of text chunks: each slab
+    of columns, transposed, is a shard of the texts, counted as a process counts its gallery shard."""
+
+    def __init__(self, table: _PositiveTable, thresholds: torch.Tensor, slab: int) -> None:
+        self.table = table
+        self.queries = table.count > 0  # images without a positive text are skipped (or refused earlier)
+        self.every_image = bool(self.queries.all())
+        device = thresholds.device
+        self.index = table.index[self.queries].to(device)
+        self.thresholds = thresholds[self.queries]
+        self.counts = torch.zeros(self.index.shape, dtype=torch.int32, device=device)
+        self.mismatched = False
+        self.slab, self.slab_start, self.filled = slab, 0, 0
+        self.columns = torch.empty(self.index.shape[0] * slab, dtype=thresholds.dtype, device=device)
+        self.workspace = _Workspace()
+
+    def add(self, rows: slice, block: torch.Tensor, total: int) -> None:
+        """Check the chunk's positive scores against the ones scored first, and copy its columns."""
+        images = self.index.shape[0]
+        if self.mismatched or not images or block.shape[0] == 0:
+            return
+        mine = block if self.every_image else block[:, self.queries.to(block.device)]
+        local = self.index - rows.start
+        inside = (self.index >= 0) & (local >= 0) & (local < mine.shape[0])
+        found = mine[local.clamp(0, mine.shape[0] - 1), torch.arange(images, device=mine.device)[:, None]]
+        if bool((inside & (found != self.thresholds)).any()):
+            self.mismatched = True
+            return
+        width = min(self.slab, total - self.slab_start)
+        slab = self.columns[: images * width].view(images, width)
+        for start in range(0, mine.shape[1], TRANSPOSE_TILE):  # a tile that stays in cache
+            tile = slice(start, start + TRANSPOSE_TILE)
+            slab[tile, self.filled : self.filled + mine.shape[0]].copy_(mine[:, tile].T)
+        self.filled += mine.shape[0]
+        if self.filled == width:
+            self.counts += _count_preceding(slab, self.thresholds, self.index - self.slab_start, self.workspace)
+            self.slab_start, self.filled = self.slab_start + width, 0
+
+    def result(self, ks: Sequence[int]) -> DirectionResult:
+        first, ap, inp = _per_query(_ascending_ranks(self.counts, self.index >= 0), self.table.count[self.queries])
+        return DirectionResult(first, ap, inp, self.table.count[self.queries], tuple(ks), int((~self.queries).sum()))
+
+
+#: columns transposed at a time: a tile that stays in cache, four times the rate of a whole transpose
+TRANSPOSE_TILE = 1024
+
+
+def _gathered(mine: DirectionResult, world: World) -> DirectionResult:
+    """Per-query results of each process's queries, concatenated in rank order on every rank."""
+    parts = world.all_gather_object(
+        (
+            mine.first_hit_rank,
+            mine.average_precision,
+            mine.inverse_negative_penalty,
+            mine.num_positives,
+            mine.skipped_queries,
+        )
+    )
+    if not sum(len(part[0]) for part in parts):
+        raise BenchError("i2t: no query has a positive; nothing to evaluate")
+    return DirectionResult(
+        first_hit_rank=torch.cat([part[0] for part in parts]),
+        average_precision=torch.cat([part[1] for part in parts]),
+        inverse_negative_penalty=torch.cat([part[2] for part in parts]),
+        num_positives=torch.cat([part[3] for part in parts]),
+        ks=mine.ks,
+        skipped_queries=sum(part[4] for part in parts),
+    )
 
 
 def query_chunk_rows(gallery: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -664,23 +887,4 @@ def evaluate_scored_once(
     step = _rows_per_chunk(texts.total, chunk_bytes)
     columns = ((rows, kept[:, rows].T.contiguous()) for rows in _chunked(width, step)) if width else iter(())
     mine = _direction(columns, iid[own], tid, ks, skip, "i2t", require_queries=False)
-    parts = world.all_gather_object(
-        (
-            mine.first_hit_rank,
-            mine.average_precision,
-            mine.inverse_negative_penalty,
-            mine.num_positives,
-            mine.skipped_queries,
-        )
-    )
-    if not sum(len(part[0]) for part in parts):
-        raise BenchError("i2t: no query has a positive; nothing to evaluate")
-    i2t = DirectionResult(
-        first_hit_rank=torch.cat([part[0] for part in parts]),
-        average_precision=torch.cat([part[1] for part in parts]),
-        inverse_negative_penalty=torch.cat([part[2] for part in parts]),
-        num_positives=torch.cat([part[3] for part in parts]),
-        ks=tuple(ks),
-        skipped_queries=sum(part[4] for part in parts),
-    )
-    return RetrievalResult(t2i=t2i, i2t=i2t)
+    return RetrievalResult(t2i=t2i, i2t=_gathered(mine, world))
