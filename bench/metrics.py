@@ -168,8 +168,10 @@ def _count_sharing_a_bin(
 
     marked = layer_table(0)[:, : bins + 2] >= 0
     shared = torch.gather(marked, 1, item_bins, out=workspace.get("shared", scores.shape, torch.bool, device))
-    row, column = shared.nonzero(as_tuple=True)
-    item, item_bin = scores[row, column], item_bins[row, column]
+    flat = shared.view(-1).nonzero().view(-1)
+    row = torch.div(flat, scores.shape[1], rounding_mode="floor")
+    column = flat - row * scores.shape[1]
+    item, item_bin = scores.reshape(-1)[flat], item_bins.view(-1)[flat]
     counts = torch.zeros(rows * positives, dtype=torch.int32, device=device)
     for depth in range(int(torch.where(valid, layer, 0).max()) + 1 if rows else 0):
         slot = layer_table(depth)[row, item_bin] if depth else slot_of_bin[row, item_bin]
@@ -183,13 +185,13 @@ def _count_sharing_a_bin(
 
 
 def _score_bins(
-    values: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, bins: int, out: torch.Tensor
+    values: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bins: int, out: torch.Tensor
 ) -> torch.Tensor:
-    """Bin of each score, 0 .. bins + 1: 0 below the row's lowest positive, bins + 1 far above its
-    highest. Monotone in the score (each step is a correctly rounded IEEE operation), so a higher
-    bin always means a higher score; scores and positives go through the same steps. ``out``: a
-    float buffer of ``values``' shape."""
-    torch.sub(values, low, out=out).mul_(scale).add_(1).clamp_(0, bins + 1)
+    """Bin of each score, ``score * scale + offset`` clamped to 0 .. bins + 1, two correctly rounded
+    IEEE operations, each monotone, so a higher bin always means a score at least as high and a
+    lower bin a score at most as high: all the count needs, as scores and positives go through the
+    same steps. ``out``: a float buffer of ``values``' shape."""
+    torch.mul(values, scale, out=out).add_(offset).clamp_(0, bins + 1)
     return out  # non-negative after the clamp, so the conversion's truncation is the floor
 
 
@@ -228,10 +230,11 @@ def _count_binned(
     low = torch.where(valid, thresholds, torch.full_like(thresholds, float("inf"))).amin(1, keepdim=True)
     high = torch.where(valid, thresholds, torch.full_like(thresholds, float("-inf"))).amax(1, keepdim=True)
     scale = (bins - 1) / (high - low).clamp_min(1e-30)
+    offset = 1 - low * scale  # the lowest positive near bin 1, the highest near bin ``bins``
     item_bins = workspace.get("bins", scores.shape, torch.int64, device)
     values = workspace.get("values", scores.shape, scores.dtype, device)
-    item_bins.copy_(_score_bins(scores, low, scale, bins, values))
-    positive_bins = _score_bins(thresholds, low, scale, bins, torch.empty_like(thresholds)).to(torch.int64)
+    item_bins.copy_(_score_bins(scores, scale, offset, bins, values))
+    positive_bins = _score_bins(thresholds, scale, offset, bins, torch.empty_like(thresholds)).to(torch.int64)
     positive_bins = torch.where(valid, positive_bins, torch.zeros_like(index))
     histogram = workspace.get("histogram", torch.Size((rows, bins + 2)), torch.int32, device).zero_()
     histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=device).expand_as(item_bins))
@@ -272,7 +275,7 @@ def _count_compared(
 COUNT_ELEMENTS = 1 << 21
 #: up to this many positives per query, comparing each with every item beats the histogram
 COMPARED_POSITIVES = 8
-#: the choice between the candidate and the binned count looks at every this-many-th item
+#: the choice between the candidate and the binned count looks at every this-many-th row
 DECISION_STRIDE = 8
 
 
@@ -299,9 +302,10 @@ def _count_preceding(
             counts[rows] = _count_compared(block, row_thresholds, row_index, workspace)
             continue
         low = row_thresholds.amin(dim=1, keepdim=True)
-        # how many items are candidates, estimated from every DECISION_STRIDE-th item: a decision only
-        sample = block[:, ::DECISION_STRIDE]
-        above = torch.ge(sample, low, out=workspace.get("above", sample.shape, torch.float32, block.device))
+        # how many items are candidates, estimated from every DECISION_STRIDE-th row: a decision only
+        sample = block[::DECISION_STRIDE]
+        sample_low = low[::DECISION_STRIDE]
+        above = torch.ge(sample, sample_low, out=workspace.get("above", sample.shape, torch.float32, block.device))
         if float(above.sum()) * row_thresholds.shape[1] <= sample.numel():
             counts[rows] = _count_candidates(block, row_thresholds, row_index, block >= low)
         else:

@@ -78,7 +78,7 @@ def _fresh_run(name: str, sizes: tuple[int, int], calls: int, queue) -> None:
     queue.put({"seconds": seconds, "peak_extra_bytes": (peak - before) * 1024})
 
 
-def fresh_process(name: str, sizes: tuple[int, int], calls: int = 2) -> dict:
+def fresh_process(name: str, sizes: tuple[int, int], calls: int = 3) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_fresh_run, args=(name, sizes, calls, queue))
