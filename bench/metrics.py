@@ -4,7 +4,8 @@ Every metric of a query follows from the 1-based ranks of its positives. With ti
 gallery index, the gallery order is the total order on (-score, gallery index), so a positive's rank
 is one plus the number of gallery items before it in that order: a count, not a sort, exact for
 ties and identical on every device and chunk size (see ``_count_preceding``). The full Q x G matrix
-is never held: queries are processed in chunks whose score block fits a memory budget.
+is never held: queries are processed in chunks whose score block fits a memory budget, and a score
+block serves both directions (``evaluate_sharded``, ``evaluate_scored_once``).
 """
 
 from __future__ import annotations
