@@ -704,7 +704,7 @@ def _positive_scores(
     """The score of each of this process's images with each of its positive texts (``table``, +inf
     for padding), scored with ``score`` in groups of texts taken in person-id order, so that a group
     meets few images: each text's positives are the images of its own person."""
-    device = _features_device(images)
+    device = images.features.device
     scores = torch.full(table.index.shape, float("inf"), device=device)
     order = torch.argsort(text_ids, stable=True)
     group_of = torch.empty_like(order)
@@ -746,11 +746,6 @@ def _indexed_rows_of(shard: Shard, indices: torch.Tensor, world: World) -> torch
 def _gallery_items(shard: Shard, local: torch.Tensor) -> torch.Tensor:
     """Items ``local`` of this process's shard, in the shard's own layout (the scorer's gallery)."""
     return shard.features[:, local].contiguous() if shard.items_last else shard.features[local].contiguous()
-
-
-def _features_device(shard: Shard) -> torch.device:
-    features = shard.features
-    return next(iter(features.values())).device if isinstance(features, dict) else features.device
 
 
 class _ColumnCounts:
