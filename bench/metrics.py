@@ -147,6 +147,7 @@ def _count_sharing_a_bin(
     index: torch.Tensor,
     item_bins: torch.Tensor,
     positive_bins: torch.Tensor,
+    valid: torch.Tensor,
     bins: int,
     workspace: _Workspace,
 ) -> torch.Tensor:
@@ -155,8 +156,7 @@ def _count_sharing_a_bin(
     of every bin that has any, layer 1 a second one where a bin has two, and so on (a few layers)."""
     rows, positives = thresholds.shape
     device = scores.device
-    unused = bins + 2  # a bin no item falls in: where padding positives go
-    valid = torch.isfinite(thresholds)
+    unused = bins + 2  # a bin no item falls in: where padding positives (not ``valid``) go
     positive_bins = torch.where(valid, positive_bins, torch.full_like(positive_bins, unused))
     sorted_bins, order = positive_bins.sort(dim=1, stable=True)
     slots = torch.arange(positives, device=device).expand(rows, positives)
@@ -241,7 +241,8 @@ def _count_binned(
     histogram.scatter_add_(1, item_bins, torch.ones(1, dtype=torch.int32, device=device).expand_as(item_bins))
     # items in a higher bin than the positive's: all of them, less those in its bin or below
     counts = width - histogram.cumsum_(1).gather(1, positive_bins)
-    return counts + _count_sharing_a_bin(scores, thresholds, index, item_bins, positive_bins, bins, workspace)
+    shared = _count_sharing_a_bin(scores, thresholds, index, item_bins, positive_bins, valid, bins, workspace)
+    return counts + shared
 
 
 def _count_compared(
@@ -579,32 +580,40 @@ def cosine_scorer(tile: int = SCORE_TILE) -> ScoreFunction:
     return score
 
 
-def _owned_rows(ranges: list[slice], wanted: slice, world: World, mine, others) -> torch.Tensor:
+Rows = slice | torch.Tensor  # a range of rows, or ascending row indices
+
+
+def _owned_rows(ranges: list[slice], wanted: Rows, world: World, mine, others) -> torch.Tensor:
     """Rows ``wanted`` of something split by ``ranges``, on every rank: each owner broadcasts its part,
-    ``mine(start, stop)`` (its own rows, in its local numbering), into ``others(start, stop)`` (an
-    empty tensor of that part's shape, in the global numbering) on the other ranks."""
+    ``mine(part)`` (its own rows, the part in its local numbering), into ``others(part)`` (an empty
+    tensor of that part's shape, the part in the global numbering) on the other ranks."""
     pieces = []
     for owner, own in enumerate(ranges):
-        start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
-        if start >= stop:
-            continue
-        piece = mine(start - own.start, stop - own.start) if owner == world.rank else others(start, stop)
-        pieces.append(world.broadcast(piece, owner))
+        if isinstance(wanted, slice):
+            start, stop = max(wanted.start, own.start), min(wanted.stop, own.stop)
+            part: Rows = slice(start, stop)
+            local: Rows = slice(start - own.start, stop - own.start)
+            empty = start >= stop
+        else:
+            part = wanted[(wanted >= own.start) & (wanted < own.stop)]
+            local, empty = part - own.start, part.numel() == 0
+        if not empty:
+            pieces.append(world.broadcast(mine(local) if owner == world.rank else others(part), owner))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def _rows_of(shard: Shard, wanted: slice, world: World):
-    """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part."""
+def _rows_of(shard: Shard, wanted: Rows, world: World):
+    """Rows ``wanted`` of a sharded feature set, on every rank: each owner broadcasts its part (a
+    feature dict: a range of rows only)."""
     if isinstance(shard.features, dict):
         return _feature_rows_of(shard.features, shard.ranges, wanted, world)
     local = shard.features.T if shard.items_last else shard.features
-    return _owned_rows(
-        shard.ranges,
-        wanted,
-        world,
-        lambda start, stop: local[start:stop].contiguous(),
-        lambda start, stop: torch.empty((stop - start, *local.shape[1:]), dtype=local.dtype, device=local.device),
-    )
+
+    def others(part: Rows) -> torch.Tensor:
+        size = part.stop - part.start if isinstance(part, slice) else part.numel()
+        return torch.empty((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
+
+    return _owned_rows(shard.ranges, wanted, world, lambda part: local[part].contiguous(), others)
 
 
 def _feature_rows_of(features: dict[str, torch.Tensor], ranges: list[slice], wanted: slice, world: World):
@@ -623,13 +632,11 @@ def _packed_rows_of(
     packed = features[key]
     mine = {PACKED_LENGTHS: features[PACKED_LENGTHS], key: packed}
 
-    def others(start: int, stop: int) -> torch.Tensor:
-        size = int(lengths[start - wanted.start : stop - wanted.start].sum())
+    def others(part: slice) -> torch.Tensor:
+        size = int(lengths[part.start - wanted.start : part.stop - wanted.start].sum())
         return torch.empty((size, *packed.shape[1:]), dtype=packed.dtype, device=packed.device)
 
-    return _owned_rows(
-        ranges, wanted, world, lambda start, stop: feature_rows(mine, slice(start, stop))[key].contiguous(), others
-    )
+    return _owned_rows(ranges, wanted, world, lambda part: feature_rows(mine, part)[key].contiguous(), others)
 
 
 def evaluate_sharded(
@@ -669,13 +676,14 @@ def evaluate_sharded(
     image_table = _positive_table(iid, tid)
     _queries_without_positives(image_table, skip, "i2t")  # on every rank, before any work
     image_table = _PositiveTable(image_table.index[own], image_table.count[own])
-    columns = _ColumnCounts(image_table, _positive_scores(texts, images, tid, image_table, score, world), slab)
+    scored = _positive_scores(texts, images, tid, image_table, score, world)
+    columns = _ColumnCounts(image_table, scored, slab, texts.total)
 
     def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
         for rows in _chunked(texts.total, step):
             block = score(_rows_of(texts, rows, world), images.features)
             yield rows, block
-            columns.add(rows, block, texts.total)
+            columns.add(rows, block)
 
     t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
     if bool(world.all_reduce(torch.tensor([columns.mismatched], dtype=torch.int32), "max")):
@@ -712,7 +720,7 @@ def _positive_scores(
     pair_group = torch.where(table.index >= 0, group_of[table.index.clamp(min=0)], -1)
     for number, group in enumerate(_chunked(len(order), POSITIVE_GROUP)):
         indices = torch.sort(order[group]).values
-        rows = _indexed_rows_of(texts, indices, world)  # on every rank: each owner broadcasts
+        rows = _rows_of(texts, indices, world)  # on every rank: each owner broadcasts
         image_at, slot = (pair_group == number).nonzero(as_tuple=True)
         if image_at.numel() == 0:
             continue
@@ -727,22 +735,6 @@ def _positive_scores(
 POSITIVE_GROUP = 512
 
 
-def _indexed_rows_of(shard: Shard, indices: torch.Tensor, world: World) -> torch.Tensor:
-    """Rows ``indices`` (ascending) of a sharded tensor, on every rank: each owner broadcasts its part."""
-    local = shard.features.T if shard.items_last else shard.features
-    pieces = []
-    for owner, own in enumerate(shard.ranges):
-        part = indices[(indices >= own.start) & (indices < own.stop)]
-        if part.numel() == 0:
-            continue
-        if owner == world.rank:
-            piece = local[(part - own.start).to(local.device)].contiguous()
-        else:
-            piece = torch.empty((part.numel(), *local.shape[1:]), dtype=local.dtype, device=local.device)
-        pieces.append(world.broadcast(piece, owner))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
 def _gallery_items(shard: Shard, local: torch.Tensor) -> torch.Tensor:
     """Items ``local`` of this process's shard, in the shard's own layout (the scorer's gallery)."""
     return shard.features[:, local].contiguous() if shard.items_last else shard.features[local].contiguous()
@@ -752,7 +744,7 @@ class _ColumnCounts:
     """Image-to-text counts of this process's images, added up over slabs of text chunks: each slab
     of columns, transposed, is a shard of the texts, counted as a process counts its gallery shard."""
 
-    def __init__(self, table: _PositiveTable, thresholds: torch.Tensor, slab: int) -> None:
+    def __init__(self, table: _PositiveTable, thresholds: torch.Tensor, slab: int, texts: int) -> None:
         self.table = table
         self.queries = table.count > 0  # images without a positive text are skipped (or refused earlier)
         self.every_image = bool(self.queries.all())
@@ -761,11 +753,11 @@ class _ColumnCounts:
         self.thresholds = thresholds[self.queries]
         self.counts = torch.zeros(self.index.shape, dtype=torch.int32, device=device)
         self.mismatched = False
-        self.slab, self.slab_start, self.filled = slab, 0, 0
+        self.slab, self.slab_start, self.filled, self.texts = slab, 0, 0, texts
         self.columns = torch.empty(self.index.shape[0] * slab, dtype=thresholds.dtype, device=device)
         self.workspace = _Workspace()
 
-    def add(self, rows: slice, block: torch.Tensor, total: int) -> None:
+    def add(self, rows: slice, block: torch.Tensor) -> None:
         """Check the chunk's positive scores against the ones scored first, and copy its columns."""
         images = self.index.shape[0]
         if self.mismatched or not images or block.shape[0] == 0:
@@ -777,7 +769,7 @@ class _ColumnCounts:
         if bool((inside & (found != self.thresholds)).any()):
             self.mismatched = True
             return
-        width = min(self.slab, total - self.slab_start)
+        width = min(self.slab, self.texts - self.slab_start)
         slab = self.columns[: images * width].view(images, width)
         for start in range(0, mine.shape[1], TRANSPOSE_TILE):  # a tile that stays in cache
             tile = slice(start, start + TRANSPOSE_TILE)
@@ -788,8 +780,9 @@ class _ColumnCounts:
             self.slab_start, self.filled = self.slab_start + width, 0
 
     def result(self, ks: Sequence[int]) -> DirectionResult:
-        first, ap, inp = _per_query(_ascending_ranks(self.counts, self.index >= 0), self.table.count[self.queries])
-        return DirectionResult(first, ap, inp, self.table.count[self.queries], tuple(ks), int((~self.queries).sum()))
+        positives = self.table.count[self.queries]
+        first, ap, inp = _per_query(_ascending_ranks(self.counts, self.index >= 0), positives)
+        return DirectionResult(first, ap, inp, positives, tuple(ks), int((~self.queries).sum()))
 
 
 #: columns transposed at a time: a tile that stays in cache, four times the rate of a whole transpose
