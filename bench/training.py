@@ -179,7 +179,10 @@ def train(
             "image": world.gather_features(images.features),
             "text": world.gather_features(texts.features),
         }
-    optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8)
+    # fused: one pass over each parameter instead of a dozen elementwise kernels (on 2 CPU cores,
+    # nafs-tiny's optimizer step went from 0.08-0.11 s to 0.02-0.03 s of a 0.8 s step)
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8, fused=fused)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
     folder = run_folder(options, method_name, dataset_name)
@@ -211,6 +214,7 @@ def train(
         "schedule": schedule,
         "seed": options.seed,
         "max_steps_per_epoch": options.max_steps_per_epoch,
+        "optimizer": {"name": "Adam", "fused": fused},
         "method_arguments": method.arguments(),
     }
     transform = method.train_image_transform() if frozen_features is None else None

@@ -77,6 +77,7 @@ def test_efficientnet_lite0_recognises_imagenet_classes():
     from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
 
     model = EfficientNetLite0.pretrained().eval()
+    frozen = EfficientNetLite0.pretrained().frozen()  # BatchNorm folded, channels-last
     transform = T.Compose(
         [T.Resize((224, 224)), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
     )
@@ -84,6 +85,10 @@ def test_efficientnet_lite0_recognises_imagenet_classes():
         image = transform(Image.fromarray(getattr(data, name)()).convert("RGB"))[None]
         with torch.no_grad():
             assert int(model.classify(image).argmax()) == imagenet_class
+            assert int(frozen.classify(image).argmax()) == imagenet_class
+            features, folded = model(image), frozen(image)
+            assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+            assert float((folded - features).abs().max()) <= 1e-4 * float(features.abs().max())
 
 
 def test_stored_bf16_features_reach_methods_in_fp32(tmp_path):

@@ -53,6 +53,7 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
     training = result["method"]["training"]
     assert result["method"]["trained_on"] == "toy-pedes"
     assert training["selected_on"] == "val" and training["max_steps_per_epoch"] == 2
+    assert training["optimizer"] == {"name": "Adam", "fused": True}  # its bits differ from the per-tensor Adam's
     assert result["protocol"]["rerank"] == "none" and result["protocol"]["shortlist_k"] is None
     assert isinstance(result["protocol"]["truncated_captions"], int)
     assert result["protocol"]["scoring"] == "pairwise"

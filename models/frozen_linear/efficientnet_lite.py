@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tbps_bench.errors import BenchError
 
@@ -79,6 +80,7 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, state["_fc.weight"].shape[0])
         self.load_state_dict(state, strict=True)
+        self.channels_last = False
 
     @classmethod
     def pretrained(cls, path: str | Path | None = None) -> EfficientNetLite0:
@@ -87,7 +89,26 @@ class EfficientNetLite0(nn.Module):
             raise BenchError(f"EfficientNet-Lite0 weights {path} do not exist")
         return cls(torch.load(path, map_location="cpu", weights_only=True))
 
+    def frozen(self) -> EfficientNetLite0:
+        """Fold every BatchNorm into its convolution and keep activations channels-last, in place.
+
+        Only for a backbone that is never trained again. On 2 CPU cores this encodes 256 x 128 images
+        in 20 ms instead of 37 ms each (the depthwise convolutions are slow in NCHW, and each
+        BatchNorm is a pass over the activations); features move by about 1e-5 of their size."""
+        self.eval()
+        self._conv_stem, self._bn0 = fuse_conv_bn_eval(self._conv_stem, self._bn0), nn.Identity()
+        self._conv_head, self._bn1 = fuse_conv_bn_eval(self._conv_head, self._bn1), nn.Identity()
+        for block in self._blocks:
+            if block.expand:
+                block._expand_conv, block._bn0 = fuse_conv_bn_eval(block._expand_conv, block._bn0), nn.Identity()
+            block._depthwise_conv, block._bn1 = fuse_conv_bn_eval(block._depthwise_conv, block._bn1), nn.Identity()
+            block._project_conv, block._bn2 = fuse_conv_bn_eval(block._project_conv, block._bn2), nn.Identity()
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
         for block in self._blocks:
             x = block(x)

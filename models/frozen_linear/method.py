@@ -58,7 +58,7 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
         self.image_weights = str(Path(image_weights).resolve()) if image_weights else "packaged"
         text_encoder_model = AutoModel.from_pretrained(folder, local_files_only=True)
         self.network.backbone = nn.ModuleDict(
-            {"image": EfficientNetLite0.pretrained(image_weights), "text": text_encoder_model}
+            {"image": EfficientNetLite0.pretrained(image_weights).frozen(), "text": text_encoder_model}
         )
         self.network.heads = nn.ModuleDict(
             {
