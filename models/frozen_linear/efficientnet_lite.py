@@ -82,7 +82,6 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, state["_fc.weight"].shape[0])
         self.load_state_dict(state, strict=True)
-        self.channels_last = False
 
     @classmethod
     def pretrained(cls, path: str | Path | None = None) -> EfficientNetLite0:
@@ -92,7 +91,8 @@ class EfficientNetLite0(nn.Module):
         return cls(torch.load(path, map_location="cpu", weights_only=True))
 
     def frozen(self) -> EfficientNetLite0:
-        """Fold every BatchNorm into its convolution and keep activations channels-last, in place.
+        """Fold every BatchNorm into its convolution and store the weights channels-last, in place
+        (convolutions then take any input and leave their outputs channels-last).
 
         Only for a backbone that is never trained again. On 2 CPU cores this takes a 256 x 128 image
         from 37 to 20 ms (12 ms with the in-place ReLU6): the depthwise convolutions are slow in NCHW,
@@ -105,12 +105,9 @@ class EfficientNetLite0(nn.Module):
                 block._expand_conv, block._bn0 = fuse_conv_bn_eval(block._expand_conv, block._bn0), nn.Identity()
             block._depthwise_conv, block._bn1 = fuse_conv_bn_eval(block._depthwise_conv, block._bn1), nn.Identity()
             block._project_conv, block._bn2 = fuse_conv_bn_eval(block._project_conv, block._bn2), nn.Identity()
-        self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         x = nn.functional.relu6(self._bn0(self._conv_stem(images)), inplace=True)
         for block in self._blocks:
             x = block(x)
