@@ -9,6 +9,7 @@ import torch
 
 from tbps_bench.errors import BenchError
 from tbps_models.nafs import Nafs, NafsConfig, build_from_official, load_official_checkpoint
+from tbps_models.nafs.image import SMALL_MAP_POSITIONS, SmallMapConv2d, StaircaseImageNet
 from tbps_models.nafs.rerank import rerank_rvn, rerank_rvn_official
 from tbps_models.nafs.scoring import local_similarity, local_similarity_candidates
 from tbps_models.nafs.tokenization import NafsTokenizer, split_sub_sentences
@@ -122,6 +123,45 @@ def _brute_rvn_official(scores, image_global, k):
             images = set(visual[j].topk(k).indices.tolist())
             image_major[i, j] += len(texts & images) / len(texts | images)
     return image_major.T
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "kernel", "stride", "padding", "bias"),
+    [
+        ((32, 64, 4, 2), 3, 1, 1, False),  # nafs-tiny's layer4 3 x 3
+        ((4, 16, 4, 2), 1, 1, 0, False),  # its downsample
+        ((4, 16, 3, 3), 3, 2, 1, True),
+        ((4, 8, 2, 3), (3, 1), (1, 2), (1, 0), True),
+        ((4, 8, 8, 4), 3, 1, 1, True),  # 32 positions: the library convolution itself
+    ],
+)
+def test_small_map_convolution_equals_the_library_one(input_shape, kernel, stride, padding, bias):
+    torch.manual_seed(0)
+    small = SmallMapConv2d(input_shape[1], 24, kernel, stride, padding, bias=bias)
+    x = torch.randn(input_shape, requires_grad=True)
+    grad = torch.randn_like(small(x))
+    ours = small(x)
+    ours.backward(grad)
+    ours_grads = [x.grad.clone(), small.weight.grad.clone()]
+    x.grad, small.weight.grad = None, None
+    library = torch.nn.functional.conv2d(x, small.weight, small.bias, stride, padding)
+    library.backward(grad)
+    if input_shape[2] * input_shape[3] > SMALL_MAP_POSITIONS:
+        assert torch.equal(ours, library)  # not taken: the library's bits
+    else:
+        torch.testing.assert_close(ours, library, rtol=0, atol=1e-5 * float(library.abs().max()))
+    for mine, theirs in zip(ours_grads, [x.grad, small.weight.grad], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_staircase_keeps_the_trunk_names_with_small_map_convolutions():
+    import torchvision
+
+    net = StaircaseImageNet("resnet18", 3, 2)
+    convolutions = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(type(m) is SmallMapConv2d for m in convolutions)
+    trunk = {k for k in torchvision.models.resnet18(weights=None).state_dict() if not k.startswith("fc.")}
+    assert trunk <= set(net.state_dict())  # release checkpoints and torchvision weights still load by name
 
 
 @pytest.mark.parametrize("shape", [(9, 6), (5, 8)])

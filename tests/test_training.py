@@ -58,6 +58,16 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
     assert isinstance(result["protocol"]["truncated_captions"], int)
     assert result["protocol"]["scoring"] == "pairwise"
 
+    # the val scores logged during training (frozen text encoder outputs kept between epochs) are the
+    # scores a fresh process gives the same checkpoint
+    logged = [json.loads(line) for line in (straight / run / "log.jsonl").read_text().splitlines()][-1]["val"]
+    val_out = tmp_path / "val"
+    last = straight / run / "last"
+    assert main([*args[:5], "--checkpoint", str(last), "--split", "val", "--out", str(val_out)]) == 0
+    fresh = load_result(next(val_out.rglob("*.json")))["metrics"]
+    for direction in ("t2i", "i2t"):
+        assert {k: fresh[direction][k] for k in logged[direction]} == logged[direction]
+
 
 def test_selection_on_test_is_recorded(tmp_path):
     assert main([*SMOKE, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0

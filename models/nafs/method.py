@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class NafsMethod(Trainable, PairwiseMethod):
         self.config_name = config or self.default_preset
         #: caption -> frozen text encoder outputs, filled during training when the encoder is frozen
         self._frozen_text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: token batch digest -> frozen text encoder outputs, for evaluations during training
+        self._frozen_batches: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
         model_config, self.schedule = self._model_settings(self.config_name)
         self.overrides = {k: v for k, v in {"text_encoder": text_encoder, "trunk_weights": trunk_weights}.items() if v}
         model_config.update(self.overrides)
@@ -155,7 +158,8 @@ class NafsMethod(Trainable, PairwiseMethod):
 
     def encode_texts(self, batch) -> Features:
         tokens = batch["tokens"]
-        features = self.model.encode_texts(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        inputs = (tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        features = self.model.encode_texts(*inputs, self._frozen_text_of_batch(inputs))
         lengths = tokens["length"].clamp(max=self.model.config.text_elements)
         # each caption's elements at its true length: rows past it are never read
         valid = torch.arange(features["local_text_key"].shape[1], device=lengths.device)[None, :] < lengths[:, None]
@@ -261,6 +265,22 @@ class NafsMethod(Trainable, PairwiseMethod):
         if not self.model.config.train_text_encoder:
             self.model.language_model.eval()  # frozen: no dropout, so its outputs can be reused
         return self
+
+    def _frozen_text_of_batch(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """While training with a frozen text encoder, each evaluation batch (the selection split's,
+        every epoch) is encoded once: the same batch gives the same outputs, bit for bit, so they are
+        kept by content (val of toy-pedes: 6 of an epoch's 8 evaluation seconds on 2 cores)."""
+        if self.model.config.train_text_encoder or self.loss is None:
+            return None
+        key = hashlib.sha256()
+        for tensor in inputs:
+            key.update(str(tuple(tensor.shape)).encode())
+            key.update(tensor.cpu().numpy().tobytes())
+        digest = key.digest()
+        if digest not in self._frozen_batches:
+            with torch.no_grad():
+                self._frozen_batches[digest] = self.model.language_model(*inputs)
+        return self._frozen_batches[digest]
 
     def _encoder_outputs(self, tokens, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Frozen text encoder: each caption's outputs are computed once and reused every epoch."""
