@@ -142,15 +142,18 @@ def test_small_map_convolution_equals_the_library_one(input_shape, kernel, strid
     grad = torch.randn_like(small(x))
     ours = small(x)
     ours.backward(grad)
-    ours_grads = [x.grad.clone(), small.weight.grad.clone()]
-    x.grad, small.weight.grad = None, None
+    parameters = [small.weight] + ([small.bias] if bias else [])
+    ours_grads = [x.grad.clone()] + [p.grad.clone() for p in parameters]
+    x.grad = None
+    for parameter in parameters:
+        parameter.grad = None
     library = torch.nn.functional.conv2d(x, small.weight, small.bias, stride, padding)
     library.backward(grad)
     if input_shape[2] * input_shape[3] > SMALL_MAP_POSITIONS:
         assert torch.equal(ours, library)  # not taken: the library's bits
     else:
-        torch.testing.assert_close(ours, library, rtol=0, atol=1e-5 * float(library.abs().max()))
-    for mine, theirs in zip(ours_grads, [x.grad, small.weight.grad], strict=True):
+        torch.testing.assert_close(ours, library, rtol=0, atol=1e-5 * float(library.detach().abs().max()))
+    for mine, theirs in zip(ours_grads, [x.grad] + [p.grad for p in parameters], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
 
 
@@ -192,6 +195,42 @@ def test_long_captions_are_truncated_and_flagged(offline_vocab):
 def test_empty_caption_is_a_clear_error(offline_vocab):
     with pytest.raises(BenchError, match="caption 1 of the batch is empty"):
         NafsTokenizer(offline_vocab.parent)(["a man", "   "])
+
+
+def test_distinct_sub_sentences_are_encoded_once_with_the_row_by_row_outputs(tiny_bert, monkeypatch):
+    """Without dropout, each distinct sub-sentence runs once (sorted by length, in chunks); every
+    caption gets the [CLS] it would get on its own row. In training mode each row runs as before."""
+    import tbps_models.nafs.text as text
+
+    monkeypatch.setattr(text, "_SUB_SENTENCE_CHUNK", 3)  # several chunks of different lengths
+    model = Nafs(tiny_config(tiny_bert))
+    captions = [
+        "a man. red coat, black bag",
+        "a woman in a long green dress. red coat",
+        "a man in red",  # one sub-sentence: the second is the literal [PAD]
+        "a man. red coat",
+        "a child with a very small yellow umbrella and boots, blue hat",
+    ]
+    tokens = NafsTokenizer(tiny_bert, 24)(captions)
+    language = model.language_model.eval()
+    seen = []
+    bert_forward = language.textExtractor.forward
+    monkeypatch.setattr(
+        language.textExtractor, "forward", lambda **kw: seen.append(kw["input_ids"].shape) or bert_forward(**kw)
+    )
+    with torch.no_grad():
+        _, distinct = language(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+        sub_calls = seen[1:]
+        flat = tokens["sub_tokens"].reshape(10, -1), tokens["sub_mask"].reshape(10, -1)
+        rows = torch.stack([language._sub_sentence_cls(t[None], m[None])[0] for t, m in zip(*flat, strict=True)])
+    assert sum(shape[0] for shape in sub_calls) == 7  # 10 sub-sentences, 7 distinct
+    lengths = [shape[1] for shape in sub_calls]
+    assert len(lengths) == 3 and lengths == sorted(lengths) and lengths[0] < lengths[-1]  # short chunks first
+    torch.testing.assert_close(distinct.reshape(10, -1), rows, rtol=0, atol=1e-5)
+    language.train()
+    seen.clear()
+    language(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
+    assert [shape[0] for shape in seen] == [5, 10]  # training: every row, dropout drawn per row
 
 
 # ----------------------------------------------------------------------------- model and checkpoints

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ _SCORE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _TEXT_KEY, _TEXT_VALUE = "local_text_key" + PACKED, "local_text_value" + PACKED
 #: shortlisted pairs outrank every other pair: |S| <= 2 for scored pairs
 _UNSCORED_OFFSET = 10.0
+#: captions per pass of a frozen text encoder over the train split
+_FROZEN_TEXT_CHUNK = 512
 
 
 class NafsMethod(Trainable, PairwiseMethod):
@@ -239,6 +243,13 @@ class NafsMethod(Trainable, PairwiseMethod):
         self.network.loss = NafsLoss(
             self.model.feature_size, num_classes, model_config.loss_weights, model_config.lambda_softmax
         ).to(self.device)
+        if not model_config.train_text_encoder:
+            captions = sorted(set(train_split.captions))
+            started = time.perf_counter()
+            self._encode_frozen(captions)
+            seconds = time.perf_counter() - started
+            message = f"frozen text encoder: {len(captions)} train captions, encoded once ({seconds:.0f} s)"
+            print(message, file=sys.stderr)
 
     def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.loss is not None, "prepare_training first"
@@ -282,20 +293,24 @@ class NafsMethod(Trainable, PairwiseMethod):
                 self._frozen_batches[digest] = self.model.language_model(*inputs)
         return self._frozen_batches[digest]
 
-    def _encoder_outputs(self, tokens, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _encode_frozen(self, captions: list[str]) -> None:
+        """The frozen text encoder's outputs for ``captions``, kept for every later epoch. Encoded
+        in chunks of many captions, so that repeated sub-sentences are encoded once per chunk."""
+        for start in range(0, len(captions), _FROZEN_TEXT_CHUNK):
+            chunk = captions[start : start + _FROZEN_TEXT_CHUNK]
+            tokens = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
+            with torch.no_grad():
+                hidden, sub_cls = self.model.language_model(
+                    tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"]
+                )
+            for row, caption in enumerate(chunk):
+                self._frozen_text[caption] = (hidden[row].float(), sub_cls[row].float())
+
+    def _encoder_outputs(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Frozen text encoder: each caption's outputs are computed once and reused every epoch."""
         if self.model.config.train_text_encoder:
             return None
-        missing = sorted({c for c in captions if c not in self._frozen_text})
-        if missing:
-            fresh = self.tokenize(missing)
-            fresh = {k: v.to(self.device) for k, v in fresh.items()}
-            with torch.no_grad():
-                hidden, sub_cls = self.model.language_model(
-                    fresh["tokens"], fresh["mask"], fresh["sub_tokens"], fresh["sub_mask"]
-                )
-            for row, caption in enumerate(missing):
-                self._frozen_text[caption] = (hidden[row].float(), sub_cls[row].float())
+        self._encode_frozen(sorted({c for c in captions if c not in self._frozen_text}))
         pairs = [self._frozen_text[c] for c in captions]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
@@ -308,7 +323,7 @@ class NafsMethod(Trainable, PairwiseMethod):
             tokens["mask"],
             tokens["sub_tokens"],
             tokens["sub_mask"],
-            self._encoder_outputs(tokens, batch["captions"]),
+            self._encoder_outputs(batch["captions"]),
         )
         return self.loss(*global_batch(batch, (images, texts, tokens["length"], batch["labels"])))
 

@@ -36,6 +36,10 @@ def load_bert(folder: str | Path, pretrained: bool) -> nn.Module:
     return BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=True)
 
 
+#: distinct sub-sentences encoded together (sorted by length, so each chunk pads little)
+_SUB_SENTENCE_CHUNK = 128
+
+
 class TextExtractor(nn.Module):
     """Holds the BERT under the official attribute name (``language_model.textExtractor``)."""
 
@@ -55,11 +59,36 @@ class TextExtractor(nn.Module):
             input_ids=tokens, attention_mask=mask, token_type_ids=torch.zeros_like(tokens)
         ).last_hidden_state
         batch, subs, length = sub_tokens.shape
-        # only [CLS] is read from a sub-sentence, and masked padding cannot reach it: cut the padding
-        used = max(int(sub_mask.sum(-1).max()), 1) if sub_mask.numel() else length
-        flat = sub_tokens.reshape(batch * subs, length)[:, :used]
-        flat_mask = sub_mask.reshape(batch * subs, length)[:, :used]
-        sub_cls = self.textExtractor(
-            input_ids=flat, attention_mask=flat_mask, token_type_ids=torch.zeros_like(flat)
-        ).last_hidden_state[:, 0]
+        flat = sub_tokens.reshape(batch * subs, length)
+        flat_mask = sub_mask.reshape(batch * subs, length)
+        if self.training:
+            sub_cls = self._sub_sentence_cls(flat, flat_mask)
+        else:
+            sub_cls = self._distinct_sub_sentence_cls(flat, flat_mask)
         return hidden, sub_cls.reshape(batch, subs, -1)
+
+    def _sub_sentence_cls(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[CLS] of each row. Only [CLS] is read, and masked padding cannot reach it: the padding
+        past the longest row is cut."""
+        used = max(int(mask.sum(-1).max()), 1) if mask.numel() else tokens.shape[1]
+        tokens, mask = tokens[:, :used], mask[:, :used]
+        states = self.textExtractor(input_ids=tokens, attention_mask=mask, token_type_ids=torch.zeros_like(tokens))
+        return states.last_hidden_state[:, 0]
+
+    def _distinct_sub_sentence_cls(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each distinct sub-sentence once, in chunks of similar length, each cut to its longest row.
+
+        Why: sub-sentences repeat ("He has short hair") and are short next to the padding of the
+        longest one in a batch; on toy-pedes' train split 6,400 became 3,158, and the tokens run
+        through the encoder fell by a factor of about four. Without dropout (this path) the outputs
+        differ from the row-by-row ones by rounding only."""
+        if tokens.shape[0] == 0:
+            return self._sub_sentence_cls(tokens, mask)
+        distinct, inverse = torch.unique(torch.cat([tokens, mask], dim=1), dim=0, return_inverse=True)
+        distinct_tokens, distinct_mask = distinct[:, : tokens.shape[1]], distinct[:, tokens.shape[1] :]
+        order = distinct_mask.sum(-1).argsort(stable=True)
+        chunks = order.split(_SUB_SENTENCE_CHUNK)
+        cls = torch.cat([self._sub_sentence_cls(distinct_tokens[c], distinct_mask[c]) for c in chunks])
+        place = torch.empty_like(order)
+        place[order] = torch.arange(len(order), device=order.device)
+        return cls[place[inverse]]
