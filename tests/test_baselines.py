@@ -106,3 +106,17 @@ def test_stored_bf16_features_reach_methods_in_fp32(tmp_path):
         assert result["protocol"]["feature_dtype"] == dtype
         metrics[dtype] = result["metrics"]["t2i"]["mAP"]
     assert metrics["bf16"] == pytest.approx(metrics["fp32"], abs=5.0)
+
+
+def test_frozen_linear_encodes_a_cpu_batch_in_pieces_with_each_images_features():
+    """On CPU the image backbone runs on pieces of CPU_IMAGES_PER_PIECE images; each image gets
+    the features it gets alone, in its own row."""
+    from tbps_bench.harness import build_method
+    from tbps_models.frozen_linear.method import CPU_IMAGES_PER_PIECE
+
+    method = build_method("frozen-linear", torch.device("cpu"), None, {})
+    pixels = torch.randn(2 * CPU_IMAGES_PER_PIECE + 3, 3, 256, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batched = method.encode_images({"pixels": pixels})
+        alone = torch.cat([method.network.backbone["image"](image[None]) for image in pixels])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5 * float(alone.abs().max()))

@@ -198,11 +198,12 @@ def test_empty_caption_is_a_clear_error(offline_vocab):
 
 
 def test_distinct_sub_sentences_are_encoded_once_with_the_row_by_row_outputs(tiny_bert, monkeypatch):
-    """Without dropout, each distinct sub-sentence runs once (sorted by length, in chunks); every
-    caption gets the [CLS] it would get on its own row. In training mode each row runs as before."""
+    """Without dropout, each distinct sub-sentence runs once (sorted by length) and the encoder sees
+    pieces of at most CPU_TOKENS_PER_PIECE tokens; every caption gets the outputs it would get on
+    its own row. In training mode the batch runs whole, as before."""
     import tbps_models.nafs.text as text
 
-    monkeypatch.setattr(text, "_SUB_SENTENCE_CHUNK", 3)  # several chunks of different lengths
+    monkeypatch.setattr(text, "CPU_TOKENS_PER_PIECE", 48)  # two full captions (24 tokens) a piece
     model = Nafs(tiny_config(tiny_bert))
     captions = [
         "a man. red coat, black bag",
@@ -212,6 +213,7 @@ def test_distinct_sub_sentences_are_encoded_once_with_the_row_by_row_outputs(tin
         "a child with a very small yellow umbrella and boots, blue hat",
     ]
     tokens = NafsTokenizer(tiny_bert, 24)(captions)
+    inputs = (tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
     language = model.language_model.eval()
     seen = []
     bert_forward = language.textExtractor.forward
@@ -219,18 +221,23 @@ def test_distinct_sub_sentences_are_encoded_once_with_the_row_by_row_outputs(tin
         language.textExtractor, "forward", lambda **kw: seen.append(kw["input_ids"].shape) or bert_forward(**kw)
     )
     with torch.no_grad():
-        _, distinct = language(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
-        sub_calls = seen[1:]
+        hidden, distinct = language(*inputs)
+        calls = list(seen)
+        whole = language._hidden(tokens["tokens"], tokens["mask"])
         flat = tokens["sub_tokens"].reshape(10, -1), tokens["sub_mask"].reshape(10, -1)
         rows = torch.stack([language._sub_sentence_cls(t[None], m[None])[0] for t, m in zip(*flat, strict=True)])
+    assert [shape[0] for shape in calls[:3]] == [2, 2, 1]  # the full captions, 48 tokens a piece
+    sub_calls = calls[3:]
     assert sum(shape[0] for shape in sub_calls) == 7  # 10 sub-sentences, 7 distinct
     lengths = [shape[1] for shape in sub_calls]
-    assert len(lengths) == 3 and lengths == sorted(lengths) and lengths[0] < lengths[-1]  # short chunks first
+    assert len(lengths) > 1 and lengths == sorted(lengths) and lengths[0] < lengths[-1]  # short pieces first
+    assert all(rows * length <= 48 or rows == 1 for rows, length in sub_calls)
+    torch.testing.assert_close(hidden, whole, rtol=0, atol=1e-5)
     torch.testing.assert_close(distinct.reshape(10, -1), rows, rtol=0, atol=1e-5)
     language.train()
     seen.clear()
-    language(tokens["tokens"], tokens["mask"], tokens["sub_tokens"], tokens["sub_mask"])
-    assert [shape[0] for shape in seen] == [5, 10]  # training: every row, dropout drawn per row
+    language(*inputs)
+    assert [shape[0] for shape in seen] == [5, 10]  # training: whole batches, dropout drawn per row
 
 
 # ----------------------------------------------------------------------------- model and checkpoints

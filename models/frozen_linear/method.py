@@ -21,6 +21,9 @@ from tbps_models.transforms import person_image_transform
 
 IMAGE_SIZE = (256, 128)
 MAX_TOKENS = 64
+#: on CPU the image backbone runs on pieces of a batch whose activations stay in cache: on 2 cores
+#: EfficientNet-Lite0 took 8.0 ms an image in pieces of 8 and 12.1 in batches of 64, same bits
+CPU_IMAGES_PER_PIECE = 8
 SCHEDULE = {
     "epochs": 15,
     "batch_size": 64,
@@ -97,7 +100,9 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
 
     # -- frozen backbone features, then the trained projections
     def encode_images(self, batch) -> torch.Tensor:
-        return self.network.backbone["image"](batch["pixels"])
+        pixels = batch["pixels"]
+        pieces = pixels.split(CPU_IMAGES_PER_PIECE) if pixels.device.type == "cpu" else [pixels]
+        return torch.cat([self.network.backbone["image"](piece) for piece in pieces])
 
     def encode_texts(self, batch) -> torch.Tensor:
         mask = batch["tokens"]["attention_mask"]
