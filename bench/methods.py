@@ -180,6 +180,10 @@ class Trainable:
         """Build what training needs beyond inference: loss heads sized to ``num_classes``, and
         anything read once from the train split (a vocabulary)."""
 
+    def prepare_epoch(self, captions: list[str]) -> None:
+        """Called before each epoch with the captions its steps read (this process's share, in no
+        particular order): a method with a frozen text encoder can encode them together up front."""
+
     def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
         return self.image_transform()  # type: ignore[attr-defined]
 

@@ -232,11 +232,10 @@ def train(
         order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
         batches = global_batches(len(pairs), schedule["batch_size"], order)
         pairs.epoch = epoch
-        loader = torch.utils.data.DataLoader(
-            pairs,
-            batch_sampler=[batch[world.shard(len(batch), 1)] for batch in batches],  # this process's slice
-            num_workers=options.workers,
-        )
+        mine = [batch[world.shard(len(batch), 1)] for batch in batches]  # this process's slice
+        read = mine if options.max_steps_per_epoch is None else mine[: options.max_steps_per_epoch]
+        method.prepare_epoch([train_split.captions[index] for batch in read for index in batch])
+        loader = torch.utils.data.DataLoader(pairs, batch_sampler=mine, num_workers=options.workers)
         method.train()
         totals: dict[str, float] = {}
         steps = 0

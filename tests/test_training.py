@@ -69,6 +69,26 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
         assert {k: fresh[direction][k] for k in logged[direction]} == logged[direction]
 
 
+def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch, capsys):
+    """``prepare_epoch`` sees exactly the captions of the steps that run; nafs-tiny's frozen text
+    encoder encodes them there, once, and its steps find every caption already encoded."""
+    from tbps_models.nafs.method import NafsMethod
+
+    announced: list[list[str]] = []
+    encoded: list[list[str]] = []
+    prepare, encode = NafsMethod.prepare_epoch, NafsMethod._encode_frozen
+    monkeypatch.setattr(NafsMethod, "prepare_epoch", lambda self, c: announced.append(c) or prepare(self, c))
+    monkeypatch.setattr(NafsMethod, "_encode_frozen", lambda self, c: encoded.append(c) or encode(self, c))
+    read: list[list[str]] = []
+    losses = NafsMethod.training_losses
+    monkeypatch.setattr(NafsMethod, "training_losses", lambda self, b: read.append(b["captions"]) or losses(self, b))
+    assert main([*SMOKE, "--epochs", "2", "--select-on", "last", "--out", str(tmp_path)]) == 0
+    steps = [sorted(c for batch in read[k : k + 2] for c in batch) for k in (0, 2)]
+    assert len(read) == 4 and [sorted(c) for c in announced] == steps  # two steps of 32 captions an epoch
+    assert [c for c in encoded if c] == [sorted(set(steps[0])), sorted(set(steps[1]) - set(steps[0]))]  # each once
+    assert "frozen text encoder: 64 train captions, encoded once" in capsys.readouterr().err
+
+
 def test_selection_on_test_is_recorded(tmp_path):
     assert main([*SMOKE, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "nafs-tiny/toy-pedes/seed0/best/config.json").read_text())["meta"]

@@ -243,13 +243,22 @@ class NafsMethod(Trainable, PairwiseMethod):
         self.network.loss = NafsLoss(
             self.model.feature_size, num_classes, model_config.loss_weights, model_config.lambda_softmax
         ).to(self.device)
-        if not model_config.train_text_encoder:
-            captions = sorted(set(train_split.captions))
+
+    def prepare_epoch(self, captions: list[str]) -> None:
+        """With a frozen text encoder, the epoch's captions not yet encoded are encoded together
+        (the whole train split before the first epoch): chunks of many captions share their
+        repeated sub-sentences, which a 32-caption batch mostly does not (toy-pedes' train split:
+        28-29 s instead of 39-43 s on 2 cores)."""
+        if self.model.config.train_text_encoder:
+            return
+        missing = sorted({c for c in captions if c not in self._frozen_text})
+        if missing:
             started = time.perf_counter()
-            self._encode_frozen(captions)
+            self._encode_frozen(missing)
             seconds = time.perf_counter() - started
-            message = f"frozen text encoder: {len(captions)} train captions, encoded once ({seconds:.0f} s)"
-            print(message, file=sys.stderr)
+            print(
+                f"frozen text encoder: {len(missing)} train captions, encoded once ({seconds:.0f} s)", file=sys.stderr
+            )
 
     def parameter_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.loss is not None, "prepare_training first"
@@ -333,7 +342,7 @@ class NafsMethod(Trainable, PairwiseMethod):
 
 
 class NafsTinyMethod(NafsMethod):
-    """``nafs-tiny``: ResNet-18 at 96 x 48, MiniLM text encoder; trains on toy-pedes on a CPU."""
+    """``nafs-tiny``: ResNet-18 at 64 x 32, frozen MiniLM text encoder; trains on toy-pedes on a CPU."""
 
     name = "nafs-tiny"
     default_preset = "nafs-tiny"
