@@ -182,7 +182,9 @@ class Trainable:
 
     def prepare_epoch(self, captions: list[str]) -> None:
         """Called before each epoch with the captions its steps read (this process's share, in no
-        particular order): a method with a frozen text encoder can encode them together up front."""
+        particular order): a method with a frozen text encoder can encode them together up front.
+        A resumed run calls it for the epochs it skips too, in order, so that such state is built as
+        in a run straight through."""
 
     def train_image_transform(self) -> Callable[[Any], torch.Tensor]:
         return self.image_transform()  # type: ignore[attr-defined]

@@ -224,17 +224,21 @@ def train(
         folder.mkdir(parents=True, exist_ok=True)
     gather = batch_gatherer(world)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    for epoch in range(start_epoch, schedule["epochs"]):
+    for epoch in range(schedule["epochs"]):
         started = time.perf_counter()
+        order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+        batches = global_batches(len(pairs), schedule["batch_size"], order)
+        mine = [batch[world.shard(len(batch), 1)] for batch in batches]  # this process's slice
+        read = mine if options.max_steps_per_epoch is None else mine[: options.max_steps_per_epoch]
+        # announced for every epoch in order, also those a resumed run skips: what a method builds
+        # from them (a frozen encoder's outputs, encoded in chunks) is then the straight run's, bit for bit
+        method.prepare_epoch([train_split.captions[index] for batch in read for index in batch])
+        if epoch < start_epoch:
+            continue
         factor = learning_rate_factor(epoch, schedule)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
-        order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
-        batches = global_batches(len(pairs), schedule["batch_size"], order)
         pairs.epoch = epoch
-        mine = [batch[world.shard(len(batch), 1)] for batch in batches]  # this process's slice
-        read = mine if options.max_steps_per_epoch is None else mine[: options.max_steps_per_epoch]
-        method.prepare_epoch([train_split.captions[index] for batch in read for index in batch])
         loader = torch.utils.data.DataLoader(pairs, batch_sampler=mine, num_workers=options.workers)
         method.train()
         totals: dict[str, float] = {}
