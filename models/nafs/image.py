@@ -24,6 +24,16 @@ def _last_stride_one(layer: nn.Sequential) -> None:
 SMALL_MAP_POSITIONS = 8
 
 
+def _window_slices(kh: int, kw: int, sh: int, sw: int, out_h: int, out_w: int) -> list[tuple[slice, slice]]:
+    """For each kernel offset (i, j), row-major, the padded input's rows and columns that it meets
+    at every output position."""
+    return [
+        (slice(i, i + sh * (out_h - 1) + 1, sh), slice(j, j + sw * (out_w - 1) + 1, sw))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 class _WindowMatmul(torch.autograd.Function):
     """A convolution as one matrix product over each output position's (C, kh, kw) window.
 
@@ -41,17 +51,14 @@ class _WindowMatmul(torch.autograd.Function):
         (sh, sw), (ph, pw) = stride, padding
         out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
         padded = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))
-        windows = [
-            padded[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
-            for i in range(kh)
-            for j in range(kw)
-        ]
+        offsets = _window_slices(kh, kw, sh, sw, out_h, out_w)
+        windows = [padded[:, along_h, along_w] for along_h, along_w in offsets]
         rows = torch.stack(windows, dim=-1).reshape(batch * out_h * out_w, kh * kw * channels)
         weight_rows = weight.reshape(out_channels, kh * kw * channels)
         out = rows @ weight_rows.T if bias is None else torch.addmm(bias, rows, weight_rows.T)
         ctx.save_for_backward(rows, weight_rows)
-        ctx.geometry = (tuple(padded.shape), out_h, out_w, kh, kw, sh, sw, ph, pw, height, width)
-        ctx.has_bias = bias is not None
+        ctx.geometry = (tuple(padded.shape), out_h, out_w, offsets, ph, pw, height, width)
+        ctx.weight_shape, ctx.has_bias = weight.shape, bias is not None
         # (batch, channels, h, w) in channels-last memory: what follows reads it in place
         return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
@@ -59,22 +66,18 @@ class _WindowMatmul(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         rows, weight_rows = ctx.saved_tensors
-        padded_shape, out_h, out_w, kh, kw, sh, sw, ph, pw, height, width = ctx.geometry
+        padded_shape, out_h, out_w, offsets, ph, pw, height, width = ctx.geometry
         grad_rows = grad.permute(0, 2, 3, 1).reshape(rows.shape[0], weight_rows.shape[0])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             batch, channels = padded_shape[0], padded_shape[3]
-            grad_windows = (grad_rows @ weight_rows).view(batch, out_h, out_w, channels, kh * kw)
+            grad_windows = (grad_rows @ weight_rows).view(batch, out_h, out_w, channels, len(offsets))
             grad_padded = grad_windows.new_zeros(padded_shape)
-            for k in range(kh * kw):
-                i, j = divmod(k, kw)
-                grad_padded[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw] += grad_windows[
-                    ..., k
-                ]
+            for k, (along_h, along_w) in enumerate(offsets):
+                grad_padded[:, along_h, along_w] += grad_windows[..., k]
             grad_x = grad_padded[:, ph : ph + height, pw : pw + width].permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            out_channels, channels = weight_rows.shape[0], padded_shape[3]
-            grad_weight = (grad_rows.T @ rows).view(out_channels, channels, kh, kw)
+            grad_weight = (grad_rows.T @ rows).view(ctx.weight_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         return grad_x, grad_weight, grad_bias, None, None
