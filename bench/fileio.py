@@ -77,6 +77,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def linked_copy_dir(source: str | Path, target: str | Path) -> None:
+    """``target`` becomes a copy of the folder ``source`` whose files are hard links where the file
+    system allows. Safe because folders written with ``atomic_dir`` are replaced, never edited in
+    place: a later write of either folder leaves the other's files as they were."""
+    source = Path(source)
+    with atomic_dir(target) as tmp:
+        for path in sorted(source.rglob("*")):
+            destination = tmp / path.relative_to(source)
+            if path.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

