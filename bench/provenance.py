@@ -97,6 +97,9 @@ def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # oneDNN (convolutions, matrix products) picks its instruction set apart from ATen; together
+        # they decide the rounding, so a capped run is reproduced only under the same caps
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),

@@ -316,10 +316,12 @@ def test_long_captions_give_no_false_indexing_warning(tmp_path, capfd):
     assert "indexing errors" not in captured.err + captured.out
 
 
-def test_provenance_records_the_hardware(tmp_path):
+def test_provenance_records_the_hardware(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read by oneDNN at its first use; recorded as given
     result = _eval(["eval", "-m", "oracle", "-d", "toy-pedes", "--limit", "8"], tmp_path)
     hardware = result["provenance"]["hardware"]
     assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert hardware["onednn_max_cpu_isa"] == "AVX2"
     assert hardware["torch_threads"] == torch.get_num_threads() and hardware["cpu_model"]
     assert {"cuda", "cudnn", "gpus", "deterministic_algorithms"} <= set(hardware)
 
