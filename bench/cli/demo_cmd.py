@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -73,6 +74,42 @@ def _compare(fresh: dict[str, dict], committed: dict[tuple[str, str], tuple[floa
             )
 
 
+def _instruction_sets(hardware: dict) -> tuple[str, str | None]:
+    """(ATen's instruction set, oneDNN's): they decide the rounding. An uncapped oneDNN on a CPU
+    whose best is AVX2 uses AVX2; elsewhere its own choice is not recorded (None)."""
+    aten = str(hardware.get("cpu_capability"))
+    return aten, hardware.get("onednn_max_cpu_isa") or ("AVX2" if aten == "AVX2" else None)
+
+
+def _committed_instruction_sets(results: Path) -> set[tuple[str, str | None]]:
+    """The instruction sets of the committed demo result files, read before this run replaces them."""
+    found = set()
+    for path in results.rglob("*.json"):
+        try:
+            hardware = json.loads(path.read_text(encoding="utf-8"))["provenance"]["hardware"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.add(_instruction_sets(hardware))
+    return found
+
+
+def _same_bits_hint(committed: set[tuple[str, str | None]]) -> None:
+    """Where the committed results were computed with other instruction sets, how to get their bits."""
+    from tbps_bench.provenance import hardware
+
+    here = _instruction_sets(hardware())
+    if len(committed) != 1 or here in committed:
+        return
+    aten, onednn = next(iter(committed))
+    caps = f"ATEN_CPU_CAPABILITY={aten.lower()}" + (f" ONEDNN_MAX_CPU_ISA={onednn}" if onednn else "")
+    theirs, ours = f"{aten} / {onednn or 'unrecorded'}", f"{here[0]} / {here[1] or 'uncapped'}"
+    _say(
+        f"the committed results were computed with instruction sets {theirs} (ATen / oneDNN), this run with {ours}: "
+        f"they round differently. For the committed bits: {caps} tbps-bench demo "
+        "(models/nafs/README.md, 'Bit-exact on another CPU')"
+    )
+
+
 def run(args, argv) -> int:
     from tbps_bench.cli.tables import metrics_table
     from tbps_bench.harness import EvalOptions, load_eval_split, run_eval
@@ -86,6 +123,7 @@ def run(args, argv) -> int:
     checkpoints = {method: _trained(method, args, argv) for method in DEMO_METHODS}
     committed = _committed(Path(args.leaderboards))
     results = Path(args.leaderboards) / "results" / "demo"
+    committed_sets = _committed_instruction_sets(results)
     if results.exists():
         shutil.rmtree(results)  # the demo's own previous results: one set of rows, not one per demo run
     rows = {}
@@ -101,6 +139,7 @@ def run(args, argv) -> int:
     report = build_leaderboards(Path(args.leaderboards) / "results", args.leaderboards)
     print(metrics_table(rows))
     _compare(rows, committed)
+    _same_bits_hint(committed_sets)
     minutes = (time.perf_counter() - started) / 60
     _say(f"done in {minutes:.1f} min")
     _say(f"training runs and checkpoints: {args.runs}/<method>/{DATASET}/seed0/")
