@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tbps_bench.cli import main
@@ -38,6 +39,9 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
     assert main([*SMOKE, "--epochs", "2", "--out", str(resumed), "--resume"]) == 0
 
     run = "nafs-tiny/toy-pedes/seed0"
+    resume_state = torch.load(resumed / run / "resume.pt", weights_only=True)["method"]
+    assert any(key.startswith("model.image_model.") for key in resume_state) and "loss.W" in resume_state
+    assert not any("language_model" in key for key in resume_state)  # frozen: loaded again, not resumed
     log = [json.loads(line) for line in (resumed / run / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2]
     assert all(entry["losses"]["total"] > 0 and "val" in entry for entry in log)
