@@ -3,6 +3,10 @@ longest row: the activations of a piece stay in cache, and short rows carry no l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 #: MiniLM on 2 cores, 512 captions of 32 tokens: 7.6 ms a caption in one piece, 6.2 in pieces of 32
 CPU_TOKENS_PER_PIECE = 1024
 
@@ -15,3 +19,16 @@ def length_pieces(lengths: list[int], budget: float) -> list[slice]:
             pieces.append(slice(start, stop))
             start = stop
     return pieces
+
+
+def in_length_pieces(
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ids: torch.Tensor, mask: torch.Tensor, budget: float
+) -> torch.Tensor:
+    """``encode(ids, mask)`` on the rows sorted by length, in pieces of at most ``budget`` tokens,
+    each cut to its longest row; the outputs come back in the rows' own order."""
+    lengths, order = mask.sum(-1).clamp_min(1).sort(stable=True)
+    outputs = []
+    for rows in length_pieces(lengths.tolist(), budget):
+        used, chosen = int(lengths[rows.stop - 1]), order[rows]
+        outputs.append(encode(ids[chosen, :used], mask[chosen, :used]))
+    return torch.cat(outputs)[order.argsort()]

@@ -15,7 +15,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, write_json_atomic
 from tbps_bench.methods import Features, FrozenBackbone, Method, Trainable, global_batch
 from tbps_models.frozen_linear.efficientnet_lite import EfficientNetLite0
-from tbps_models.length_pieces import CPU_TOKENS_PER_PIECE, length_pieces
+from tbps_models.length_pieces import CPU_TOKENS_PER_PIECE, in_length_pieces
 from tbps_models.losses import cmpm_loss
 from tbps_models.nafs.presets import offline_text_encoder
 from tbps_models.transforms import person_image_transform
@@ -112,12 +112,7 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
         ids, mask = batch["tokens"]["input_ids"], batch["tokens"]["attention_mask"]
         if ids.device.type != "cpu" or len(ids) == 0:
             return self._mean_pooled(ids, mask)
-        lengths, order = mask.sum(1).clamp_min(1).sort(stable=True)
-        pieces = []
-        for rows in length_pieces(lengths.tolist(), CPU_TOKENS_PER_PIECE):
-            used = int(lengths[rows.stop - 1])
-            pieces.append(self._mean_pooled(ids[order[rows], :used], mask[order[rows], :used]))
-        return torch.cat(pieces)[order.argsort()]
+        return in_length_pieces(self._mean_pooled, ids, mask, CPU_TOKENS_PER_PIECE)
 
     def _mean_pooled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = self.network.backbone["text"](input_ids=ids, attention_mask=mask).last_hidden_state

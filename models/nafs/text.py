@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tbps_bench.errors import BenchError
-from tbps_models.length_pieces import CPU_TOKENS_PER_PIECE, length_pieces
+from tbps_models.length_pieces import CPU_TOKENS_PER_PIECE, in_length_pieces, length_pieces
 
 
 def load_bert(folder: str | Path, pretrained: bool) -> nn.Module:
@@ -87,9 +87,4 @@ class TextExtractor(nn.Module):
             return self._sub_sentence_cls(tokens, mask)
         distinct, inverse = torch.unique(torch.cat([tokens, mask], dim=1), dim=0, return_inverse=True)
         distinct_tokens, distinct_mask = distinct[:, : tokens.shape[1]], distinct[:, tokens.shape[1] :]
-        lengths, order = distinct_mask.sum(-1).clamp_min(1).sort(stable=True)
-        pieces = [order[p] for p in length_pieces(lengths.tolist(), budget)]
-        cls = torch.cat([self._sub_sentence_cls(distinct_tokens[p], distinct_mask[p]) for p in pieces])
-        place = torch.empty_like(order)
-        place[order] = torch.arange(len(order), device=order.device)
-        return cls[place[inverse]]
+        return in_length_pieces(self._sub_sentence_cls, distinct_tokens, distinct_mask, budget)[inverse]
