@@ -138,6 +138,13 @@ def source_fingerprint(cls: type) -> str:
     return sha256_json([[f.name, sha256_file(f)] for f in files])
 
 
+def locate_datasets(names: list[str], data_root: str | None, world: World = SINGLE) -> None:
+    """Find every dataset before anything is encoded: a misspelt name or a missing ``--data-root``
+    stops the command in one line, instead of after the evaluations that come before it."""
+    for name in names:
+        world.in_turn(lambda name=name: load_dataset(name, data_root))
+
+
 def load_eval_split(name: str, data_root: str | None, split: str, world: World = SINGLE) -> EvalSplit:
     """One split of a dataset; in a distributed job the processes load it in turn, so that the first
     one prepares the dataset's caches alone."""

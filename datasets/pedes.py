@@ -108,7 +108,7 @@ class PedesDataset:
         if root is None:
             raise BenchError(
                 f"dataset '{spec.name}' needs --data-root: the folder holding {spec.image_dir}/ and one of "
-                f"{', '.join(spec.annotation_files)} (or its parent holding {spec.folder}/). {spec.access}"
+                f"{', '.join(spec.annotation_files)} (or its parent holding {spec.folder}/); access: {spec.access}"
             )
         self.root, self.annotation = self._locate(Path(root))
         self.image_root = self.root / spec.image_dir

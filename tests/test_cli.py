@@ -117,6 +117,36 @@ def test_an_unknown_method_stops_the_command_before_any_work(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ("toy-pedes,toy-pedz", "unknown dataset 'toy-pedz'; did you mean 'toy-pedes'"),
+        ("toy-pedes,cuhk-pedes", "dataset 'cuhk-pedes' needs --data-root"),
+    ],
+)
+def test_a_dataset_that_cannot_be_found_stops_the_command_before_any_work(tmp_path, capsys, datasets, message):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "random", "-d", datasets, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()  # toy-pedes, named first, was not evaluated either
+
+
+def test_plugin_files_may_come_before_or_after_the_command(tmp_path, capsys):
+    for name in ("before", "after"):
+        (tmp_path / f"{name}.py").write_text(
+            "from tbps_bench.registry import register_method\n"
+            "from tbps_models.random import RandomMethod\n"
+            f"register_method('random-{name}', RandomMethod)\n"
+        )
+    before, after = str(tmp_path / "before.py"), str(tmp_path / "after.py")
+    assert main(["--plugin", before, "list", "--plugin", after]) == 0
+    listed = capsys.readouterr().out
+    assert "random-before" in listed and "random-after" in listed
+    assert main(["data", "info", "-d", "toy-pedes", "--plugin", str(tmp_path / "missing.py")]) == 2
+    assert "missing.py" in capsys.readouterr().err
+
+
 def test_list_shows_builtins_with_origin(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -16,17 +16,34 @@ def _parser() -> argparse.ArgumentParser:
     from tbps_bench.cli import data_cmd, demo_cmd, eval_cmd, leaderboard_cmd, list_cmd, score_cmd, train_cmd
 
     parser = argparse.ArgumentParser(prog="tbps-bench", description=__doc__)
+    _add_plugin_option(parser, "plugin")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (demo_cmd, list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd, leaderboard_cmd):
+        module.add_parser(commands)
+    # also after the command (``tbps-bench eval --plugin F.py ...``); argparse would let a command's
+    # own default replace the list given before it, hence a second name
+    for command in _leaf_parsers(parser):
+        _add_plugin_option(command, "plugin_after_command")
+    return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that end a command line (``eval``, ``data check``, ...)."""
+    nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not nested:
+        return [parser]
+    return [leaf for action in nested for command in action.choices.values() for leaf in _leaf_parsers(command)]
+
+
+def _add_plugin_option(parser: argparse.ArgumentParser, dest: str) -> None:
     parser.add_argument(
         "--plugin",
+        dest=dest,
         action="append",
         default=[],
         metavar="FILE.py",
         help="import a plugin file that registers methods or datasets (repeatable)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for module in (demo_cmd, list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd, leaderboard_cmd):
-        module.add_parser(commands)
-    return parser
 
 
 def _interrupt(signum, frame) -> None:
@@ -44,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tbps_bench.registry import load_plugin_file
 
-        for plugin in args.plugin:
+        for plugin in [*args.plugin, *args.plugin_after_command]:
             load_plugin_file(plugin)
         code = int(args.run(args, argv) or 0)
         if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt: the run still failed

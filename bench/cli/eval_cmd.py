@@ -73,7 +73,7 @@ def run(args, argv) -> int:
     from tbps_bench.cli.tables import metrics_table
     from tbps_bench.distributed import start
     from tbps_bench.fileio import check_writable_folder
-    from tbps_bench.harness import EvalOptions, check_method_arguments, run_eval
+    from tbps_bench.harness import EvalOptions, check_method_arguments, locate_datasets, run_eval
     from tbps_bench.results import load_result
 
     if args.batch_size < 1:
@@ -90,6 +90,7 @@ def run(args, argv) -> int:
     for method in methods:  # every method's arguments are checked before anything is encoded
         check_method_arguments(method, method_args, args.checkpoint)
     world, device = start(args.device)
+    locate_datasets(datasets, args.data_root, world)
     options = EvalOptions(
         data_root=args.data_root,
         checkpoint=args.checkpoint,
