@@ -15,7 +15,12 @@ from tbps_bench.fileio import INTERRUPTED
 def _parser() -> argparse.ArgumentParser:
     from tbps_bench.cli import data_cmd, demo_cmd, eval_cmd, leaderboard_cmd, list_cmd, score_cmd, train_cmd
 
-    parser = argparse.ArgumentParser(prog="tbps-bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tbps-bench",
+        description="Text-based person search benchmark: evaluate methods on datasets in both directions, "
+        "train, score saved matrices, check datasets, build leaderboards.",
+        epilog="Start with: tbps-bench demo (no download), tbps-bench list, tbps-bench eval -m random -d toy-pedes",
+    )
     _add_plugin_option(parser, "plugin")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in (demo_cmd, list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd, leaderboard_cmd):
