@@ -29,7 +29,7 @@ from tbps_bench.features import (
     pad_to,
 )
 from tbps_bench.fileio import sha256_file, sha256_json, sha256_path
-from tbps_bench.methods import EMBEDDING, FrozenBackbone, Method, PairwiseMethod, as_features
+from tbps_bench.methods import EMBEDDING, FrozenBackbone, Method, PairwiseMethod, ShortlistMethod, as_features
 from tbps_bench.metrics import (
     SCORE_TILE,
     RetrievalResult,
@@ -42,6 +42,7 @@ from tbps_bench.metrics import (
 from tbps_bench.provenance import provenance
 from tbps_bench.registry import METHODS
 from tbps_bench.results import build_result, new_run_id, write_result
+from tbps_bench.shortlist import PAIR_BATCH, evaluate_shortlisted
 from tbps_bench.splits import EvalSplit
 
 
@@ -63,6 +64,8 @@ class EvalOptions:
     score_tile: int = SCORE_TILE
     #: precision of the stored features (cache and memory): fp32, bf16 or fp16 (recorded)
     feature_dtype: str = "fp32"
+    #: (query, candidate) pairs per second-stage forward pass of a ShortlistMethod
+    pair_batch: int = PAIR_BATCH
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,9 +157,11 @@ def load_eval_split(name: str, data_root: str | None, split: str, world: World =
 @dataclass
 class SplitEvaluation:
     retrieval: RetrievalResult
-    scoring: str  # "cosine" or "pairwise"
+    scoring: str  # "cosine", "pairwise" or "shortlist"
     timings: dict[str, Any]
     checkpoint_sha: str | None
+    #: what the evaluation decided beyond the method's protocol (a shortlist cut to the gallery)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
 
 def shard_unit(options: EvalOptions) -> int:
@@ -268,7 +273,22 @@ def evaluate_split(
     checkpoint_sha = sha256_path(options.checkpoint) if options.checkpoint else None
     images, texts, timings = encode_split(method, split, options, cache, checkpoint_sha, world=world)
     start = time.perf_counter()
-    if isinstance(method, PairwiseMethod):
+    protocol: dict[str, Any] = {}
+    if isinstance(method, ShortlistMethod):
+        retrieval, effective_k = evaluate_shortlisted(
+            method,
+            world.gather_features(images.features),
+            world.gather_features(texts.features),
+            split.caption_pids,
+            split.image_pids,
+            options.amp,
+            options.pair_batch,
+            world,
+        )
+        scoring = "shortlist"
+        timings["pairwise_scoring_s"] = time.perf_counter() - start  # first stage, pairs and ranking
+        protocol = {"shortlist_k_effective": effective_k, "pair_batch": options.pair_batch}
+    elif isinstance(method, PairwiseMethod):
         retrieval = _evaluate_pairwise(method, split, images, texts, options.score_tile, world, timings)
         scoring = "pairwise"
     else:
@@ -284,7 +304,7 @@ def evaluate_split(
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
-    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha)
+    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, protocol)
 
 
 def _embeddings(method: Method, texts: Shard, images: Shard) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,6 +444,7 @@ def _write(
             "feature_dtype": options.feature_dtype,
             "truncated_captions": truncated_captions,
             **method.protocol(),
+            **evaluation.protocol,
         },
     )
     return write_result(options.out_dir, result)

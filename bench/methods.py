@@ -7,6 +7,9 @@ method can do beyond encoding is a type, and the harness and the training loop d
 - ``Method``: a dual encoder; one embedding per item, compared by cosine.
 - ``PairwiseMethod``: a cross-modal scorer; feature dictionaries per item, scored in blocks of
   images x texts.
+- ``ShortlistMethod``: a two-stage scorer (a cross-encoder); a dual-encoder first stage shortlists
+  each query's top k, and the method scores only those (query, candidate) pairs
+  (``tbps_bench.shortlist``).
 - ``FrozenBackbone``: encoders that never change; the harness caches their outputs once, whatever
   the checkpoint, and the method's trained ``project_*`` heads run on them afterwards.
 - ``Trainable``: the hooks of the shared training loop (``tbps_bench.training``).
@@ -19,12 +22,15 @@ as ``{"embedding": tensor}``. Every module a method runs lives in ``self.network
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, feature_count, feature_rows
 from tbps_bench.splits import EvalSplit
 
@@ -148,6 +154,87 @@ class PairwiseMethod(Method):
                     texts = feature_rows(text_features, slice(t, t + block * 4), self.device)
                     scores[t : t + block * 4, i : i + block] = self.score_pairs(image_rows, texts).float().T.cpu()
         return scores
+
+
+class FillRule(StrEnum):
+    """Where the items outside a query's shortlist rank."""
+
+    #: the authors' rule: every one at the method's fill value (RaSa / MARS: -100), tied, so in
+    #: gallery order, below every shortlisted item
+    AUTHORS = "authors"
+    #: below every shortlisted item, in the order of their first-stage scores
+    FIRST_STAGE = "first-stage"
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """The re-ranking protocol of a ``ShortlistMethod``, recorded with every result."""
+
+    k: int
+    fill: FillRule
+    fill_value: float
+
+    @classmethod
+    def parse(cls, k: object, fill: object, fill_value: float) -> Shortlist:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BenchError(f"k (the shortlist size) must be an integer >= 1; got {k!r}")
+        try:
+            rule = FillRule(fill)
+        except ValueError:
+            raise BenchError(f"fill must be one of {', '.join(r.value for r in FillRule)}; got {fill!r}") from None
+        return cls(k, rule, float(fill_value))
+
+    def rerank_label(self, stage: str) -> str:
+        """The leaderboard's re-ranking column: what re-scores, the shortlist size and the fill."""
+        fill = "" if self.fill is FillRule.AUTHORS else ", first-stage fill"
+        return f"{stage} top-{self.k}{fill}"
+
+
+class ShortlistMethod(Method):
+    """A two-stage scorer. The first stage is a dual encoder: ``encode_*`` return a unit
+    ``embedding`` (plus whatever the second stage reads); the harness ranks every query by cosine,
+    exactly and with ties by gallery index, and keeps its top ``k``. The second stage,
+    ``score_pairs``, scores (text, image) pairs; the harness batches many queries' pairs grouped by
+    image, places them on the device, and fills the rest of each row by the ``fill`` rule.
+
+    Text to image is the authors' protocol; image to text is the same with roles swapped (per image,
+    its k texts of highest first-stage score), which the results label as such.
+
+    Options: ``k`` (shortlist size, 128 unless a method says otherwise), ``fill`` (``authors`` or
+    ``first-stage``)."""
+
+    #: the value of every non-shortlisted entry under ``FillRule.AUTHORS``
+    fill_value: float = -100.0
+    #: what the second stage is called in leaderboards ("itm": image-text matching)
+    second_stage: str = "rerank"
+    #: whether the authors' own evaluation ranks images for texts only
+    authors_directions: tuple[str, ...] = ("t2i",)
+
+    def __init__(self, k: int = 128, fill: str = "authors", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.shortlist = Shortlist.parse(k, fill, self.fill_value)
+
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "k": self.shortlist.k, "fill": self.shortlist.fill.value}
+
+    def encoder_arguments(self) -> dict[str, Any]:
+        return {k: v for k, v in self.arguments().items() if k not in ("k", "fill")}
+
+    def protocol(self) -> dict[str, Any]:
+        return {
+            "rerank": self.shortlist.rerank_label(self.second_stage),
+            "shortlist_k": self.shortlist.k,
+            "shortlist_fill": self.shortlist.fill.value,
+            "shortlist_fill_value": self.shortlist.fill_value if self.shortlist.fill is FillRule.AUTHORS else None,
+            "shortlist_first_stage": "cosine of the unit embeddings, ties by gallery index",
+            "authors_directions": list(self.authors_directions),
+        }
+
+    def score_pairs(self, images: Features, texts: Features, pair_image: torch.Tensor) -> torch.Tensor:
+        """Second-stage scores of P pairs, (P,): ``texts`` holds one row per pair; ``images`` the
+        distinct images of the batch, pair p pairing with ``images[pair_image[p]]`` (``pair_image``
+        is non-decreasing: pairs arrive grouped by image, so per-image work is done once)."""
+        raise NotImplementedError
 
 
 class FrozenBackbone:

@@ -11,7 +11,7 @@ block serves both directions (``evaluate_sharded``, ``evaluate_scored_once``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -474,6 +474,26 @@ def evaluate_scores(
         "i2t",
     )
     return RetrievalResult(t2i=t2i, i2t=i2t)
+
+
+def evaluate_direction(
+    blocks: Iterable[tuple[slice, torch.Tensor]],
+    query_ids,
+    gallery_ids,
+    direction: str,
+    ks: Sequence[int] = DEFAULT_KS,
+    skip_queries_without_positives: bool = False,
+) -> DirectionResult:
+    """One direction from score blocks ``(query rows, rows x whole gallery)`` given in query order:
+    for scores built a chunk at a time (a re-ranked shortlist), never held whole."""
+    query_ids, gallery_ids = torch.as_tensor(query_ids), torch.as_tensor(gallery_ids)
+
+    def checked() -> Iterator[tuple[slice, torch.Tensor]]:
+        for rows, block in blocks:
+            _check_finite(f"{direction} scores", block)
+            yield rows, block.to(torch.float32)
+
+    return _direction(checked(), query_ids, gallery_ids, ks, skip_queries_without_positives, direction)
 
 
 def evaluate_embeddings(

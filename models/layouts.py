@@ -1,0 +1,18 @@
+"""Which released method wrote a checkpoint, told by its keys, so that a file given to the wrong
+method is refused with the name of the right one instead of being half loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def identify(keys: Iterable[str]) -> str | None:
+    """The tbps-bench method whose released files have these ``model`` keys, or None."""
+    keys = [k.removeprefix("module.") for k in keys]
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("text_encoder.bert.") and has("visual_encoder."):
+        layer0_cross = has("text_encoder.bert.encoder.layer.0.crossattention.")
+        return "mars" if layer0_cross or has("visual_decoder.") else "rasa"
+    if has("base_model."):
+        return "rde" if has("visul_emb_layer.") and has("texual_emb_layer.") else "irra"
+    return None
