@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: how each method's authors write its name
+DISPLAY = {"rasa": "RaSa", "mars": "MARS", "irra": "IRRA", "rde": "RDE"}
+
 
 def identify(keys: Iterable[str]) -> str | None:
     """The tbps-bench method whose released files have these ``model`` keys, or None."""
@@ -16,3 +19,9 @@ def identify(keys: Iterable[str]) -> str | None:
     if has("base_model."):
         return "rde" if has("visul_emb_layer.") and has("texual_emb_layer.") else "irra"
     return None
+
+
+def described(keys: Iterable[str]) -> str | None:
+    """``"a RaSa checkpoint: use -m rasa"`` for a known layout, else None."""
+    method = identify(keys)
+    return f"a checkpoint of {DISPLAY[method]}: use -m {method}" if method else None

@@ -6,6 +6,7 @@ import json
 import sys
 
 from tbps_bench.errors import BenchError
+from tbps_bench.shortlist import PAIR_BATCH
 
 
 def add_parser(commands) -> None:
@@ -40,6 +41,12 @@ def add_parser(commands) -> None:
         choices=["fp32", "bf16", "fp16"],
         default="fp32",
         help="precision of stored features, in the cache and in memory (recorded; bf16/fp16 halve the memory)",
+    )
+    parser.add_argument(
+        "--pair-batch",
+        type=int,
+        default=PAIR_BATCH,
+        help=f"(query, candidate) pairs per forward pass of a re-ranking method's second stage (default {PAIR_BATCH})",
     )
     parser.set_defaults(run=run)
 
@@ -80,6 +87,8 @@ def run(args, argv) -> int:
         raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.score_tile is not None and args.score_tile < 1:
         raise BenchError(f"--score-tile must be >= 1, got {args.score_tile}")
+    if args.pair_batch < 1:
+        raise BenchError(f"--pair-batch must be >= 1, got {args.pair_batch}")
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit must be >= 1, got {args.limit}")
     check_workers(args.workers)
@@ -105,6 +114,7 @@ def run(args, argv) -> int:
         use_cache=not args.no_cache,
         workers=args.workers,
         feature_dtype=args.feature_dtype,
+        pair_batch=args.pair_batch,
         **({"score_tile": args.score_tile} if args.score_tile else {}),
     )
     failures, rows = [], {}

@@ -17,7 +17,7 @@ import torch
 from tbps_bench.errors import BenchError
 from tbps_models.albef.text import BertShape
 from tbps_models.albef.vision import HEAD_WIDTH, VitShape, infer_vit
-from tbps_models.layouts import identify
+from tbps_models.layouts import DISPLAY, described, identify
 
 
 class Family(StrEnum):
@@ -148,10 +148,9 @@ def load_albef(
 ) -> AlbefCheckpoint:
     source = str(path)
     state, config = read_checkpoint(path)
-    found = identify(state)
-    if found != family.value:
-        what = f"a {found.upper()} checkpoint: use -m {found}" if found else "not a RaSa/MARS checkpoint"
-        raise BenchError(f"{source} is {what} (-m {family.value} reads {family.value.upper()} files)")
+    if identify(state) != family.value:
+        what = described(state) or "not a RaSa/MARS checkpoint"
+        raise BenchError(f"{source} is {what} (-m {family.value} reads {DISPLAY[family.value]} files)")
     for head in ("itm_head.weight", "itm_head.bias"):
         if head not in state:
             raise BenchError(f"{source}: '{head}' is missing: the image-text matching head that re-ranks the shortlist")

@@ -24,6 +24,7 @@ from tbps_models.clip_reid.architecture import ClipArchitecture, infer_architect
 from tbps_models.clip_reid.backbone import PersonClip
 from tbps_models.clip_reid.selection import SelectionHead, image_selection, text_selection
 from tbps_models.clip_reid.tokenizer import tokenize
+from tbps_models.layouts import described
 
 FAMILIES = ("irra", "rde", "auto")
 EMBEDDINGS = ("both", "bge", "tse")
@@ -170,7 +171,9 @@ def load_checkpoint(
     state = read_state(path)
     clip_state = {k[len(CLIP_PREFIX) :]: v for k, v in state.items() if k.startswith(CLIP_PREFIX)}
     if not clip_state:
-        raise BenchError(f"{source} has no '{CLIP_PREFIX}*' CLIP weights; expected an IRRA-format state dict")
+        other = described(state)
+        hint = f" (it is {other})" if other else ""
+        raise BenchError(f"{source} has no '{CLIP_PREFIX}*' CLIP weights; expected an IRRA-format state dict{hint}")
     family = _family(state, family, source)
     embedding = embedding or ("both" if family == "rde" else "bge")
     architecture = infer_architecture(clip_state, source)
