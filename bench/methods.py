@@ -215,10 +215,9 @@ class ShortlistMethod(Method):
         self.shortlist = Shortlist.parse(k, fill, self.fill_value)
 
     def arguments(self) -> dict[str, Any]:
-        return {**super().arguments(), "k": self.shortlist.k, "fill": self.shortlist.fill.value}
-
-    def encoder_arguments(self) -> dict[str, Any]:
-        return {k: v for k, v in self.arguments().items() if k not in ("k", "fill")}
+        """The method's own arguments; ``k`` and ``fill`` are recorded in ``protocol()`` (scoring
+        choices: changing them reuses the cached features)."""
+        return {key: value for key, value in super().arguments().items() if key not in ("k", "fill")}
 
     def protocol(self) -> dict[str, Any]:
         return {

@@ -239,3 +239,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_leaderboards_show_the_protocol_and_label_image_to_text(tmp_path, capsys):
+    """A run at the authors' k sits beside the reported RaSa row (reproduced - reported); its
+    image-to-text row says it is not the authors' evaluation; a run at another k is its own row."""
+    results = tmp_path / "results"
+    base = ["eval", "-m", "rasa", "-d", "cuhk-pedes", "--data-root", str(_folder("rasa")), "--checkpoint"]
+    base += [str(_checkpoint("rasa")), "--method-arg", "trained_on=cuhk-pedes", "--out", str(results)]
+    assert main(base) == 0
+    assert "k=128 is larger than the gallery (12 images)" in capsys.readouterr().err
+    assert main([*base, "--method-arg", "k=4"]) == 0
+    reported = Path(__file__).parents[1] / "leaderboards" / "reported"
+    out = tmp_path / "lb"
+    assert (
+        main(["leaderboard", "build", "--results", str(results), "--out", str(out), "--reported", str(reported)]) == 0
+    )
+    page = (out / "cuhk-pedes.md").read_text()
+    t2i, i2t = page.split("### Image-to-text", 1)
+    ours = [line for line in t2i.splitlines() if line.startswith("| rasa")]
+    assert len(ours) == 2
+    assert any("vs RaSa" in line and "itm top-128 |" in line for line in ours)
+    assert any("itm top-4 |" in line and "vs RaSa" not in line for line in ours)
+    theirs = [line for line in i2t.splitlines() if line.startswith("| rasa")]
+    assert len(theirs) == 2 and all("(roles swapped; not in the authors' evaluation)" in line for line in theirs)

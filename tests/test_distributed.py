@@ -188,3 +188,19 @@ def test_ctrl_c_stops_every_process(tmp_path):
     survivors = subprocess.run(["pgrep", "-g", str(job.pid)], capture_output=True, text=True).stdout.split()
     assert not survivors, f"processes left after Ctrl-C: {survivors}"
     assert not list((tmp_path / "out").glob("**/*.json"))
+
+
+def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(tmp_path, monkeypatch):
+    """RaSa on its reference set: the pair batches split between the processes, the same ranks."""
+    folder = HERE / "fixtures" / "rasa_reference"
+    evaluate = ["eval", "-m", "rasa", "-d", "cuhk-pedes", "--data-root", str(folder), "--method-arg", "k=4"]
+    evaluate += ["--checkpoint", str(folder / "rasa_checkpoint.pth"), "--pair-batch", "9", "--batch-size", "4"]
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
+    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = results(tmp_path / "one")["rasa"], results(tmp_path / "two")["rasa"]
+    assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
+    assert two["provenance"]["distributed"]["world_size"] == 2
+    summary = json.loads((folder / "summary.json").read_text())
+    assert two["per_query"]["t2i_first_hit_rank"] == summary["t2i_first_hit_rank"]

@@ -51,7 +51,7 @@ def _our_row(config: Configuration, direction: str, reported: list[ReportedRow])
     hashes = config.checkpoints()
     shown = ", ".join(f"`{h}`" for h in hashes) if len(hashes) <= 3 else f"{len(hashes)} checkpoints"
     cells += [str(len(config.runs)), trained, shown or "—"]
-    cells += [config.rerank, config.tie_policy, config.versions(), "this project"]
+    cells += [config.rerank_in(direction), config.tie_policy, config.versions(), "this project"]
     return r1, "| " + " | ".join(cells) + " |"
 
 

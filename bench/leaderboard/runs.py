@@ -50,6 +50,15 @@ class Configuration:
         external = run.get("checkpoint") is not None and not run.get("training")
         return "unlabelled" if external else "in-domain"
 
+    def rerank_in(self, direction: str) -> str:
+        """The re-ranking column of one direction's table: a direction the method's authors do not
+        evaluate (a shortlist with the roles swapped) says so."""
+        protocol = self.runs[0]["protocol"] if self.runs else {}
+        authors = protocol.get("authors_directions")
+        if authors is not None and direction not in authors:
+            return f"{self.rerank} (roles swapped; not in the authors' evaluation)"
+        return self.rerank
+
     @property
     def dirty(self) -> bool:
         return any(run["provenance"].get("git", {}).get("dirty") for run in self.runs)

@@ -90,7 +90,7 @@ class RasaMethod(ShortlistMethod):
         }
 
     def encoder_arguments(self) -> dict[str, Any]:
-        return {k: v for k, v in super().encoder_arguments().items() if k != "trained_on"}  # a label
+        return {k: v for k, v in self.arguments().items() if k != "trained_on"}  # a label, not a feature
 
     def preprocessing(self) -> dict[str, Any]:
         side = self.model.shape.vit.image_size
