@@ -57,7 +57,7 @@ def loaded(request):
     family = request.param
     reference = _reference(family)
     checkpoint = load_albef(_checkpoint(family), Family(family))
-    model = AlbefModel(checkpoint, family).eval()
+    model = AlbefModel.from_checkpoint(checkpoint, family)
     tokens = CaptionTokenizer(None, checkpoint.shape.max_words)(reference["captions"])
     with torch.no_grad():
         images = model.image_features(_pixels(family, reference))
@@ -263,3 +263,16 @@ def test_leaderboards_show_the_protocol_and_label_image_to_text(tmp_path, capsys
     assert any("itm top-4 |" in line and "vs RaSa" not in line for line in ours)
     theirs = [line for line in i2t.splitlines() if line.startswith("| rasa")]
     assert len(theirs) == 2 and all("(roles swapped; not in the authors' evaluation)" in line for line in theirs)
+
+
+def test_bf16_matching_stays_close_to_fp32(loaded):
+    """The reduced-precision attention path (plain products in row steps) against fp32."""
+    _, reference, model, _, images, texts = loaded
+    t2i = reference["t2i_topk_index"]
+    k = t2i.shape[1]
+    text_rows, image_rows = torch.arange(len(t2i)).repeat_interleave(k), t2i.reshape(-1)
+    full = _matching(model, images, texts, text_rows, image_rows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = _matching(model, images, texts, text_rows, image_rows)
+    assert half.dtype == torch.bfloat16 or half.dtype == torch.float32
+    assert _relative(half.float(), full) <= 0.05

@@ -50,6 +50,8 @@ def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
         "cmpm-cmpc": ["trunk=resnet18", "image_height=64", "image_width=32"],
         "irra": ["--checkpoint", str(FIXTURES / "irra_reference" / "irra_checkpoint.pth")],
         "rde": ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
+        "rasa": ["--checkpoint", str(FIXTURES / "rasa_reference" / "rasa_checkpoint.pth"), "k=3"],
+        "mars": ["--checkpoint", str(FIXTURES / "mars_reference" / "mars_checkpoint.pth"), "k=3"],
     }
 
 

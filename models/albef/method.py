@@ -66,7 +66,7 @@ class RasaMethod(ShortlistMethod):
         }
         loaded = load_albef(self.checkpoint, self.family, **overrides)
         self._tokenizer = CaptionTokenizer(vocab, loaded.shape.max_words)
-        self.network.model = AlbefModel(loaded, str(self.checkpoint))
+        self.network.model = AlbefModel.from_checkpoint(loaded, str(self.checkpoint))
         for note in loaded.notes:
             print(f"note: {self.checkpoint}: {note}", file=sys.stderr)
         if loaded.ignored:

@@ -8,18 +8,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from tbps_bench.checkpoints import load_state
-from tbps_models.albef.checkpoint import AlbefCheckpoint, Family
+from tbps_models.albef.checkpoint import AlbefCheckpoint, AlbefShape, Family
 from tbps_models.albef.text import AlbefBert
 from tbps_models.albef.vision import build_vit
+from tbps_models.layouts import DISPLAY
 
 
 class AlbefModel(nn.Module):
     """``visual_encoder``, ``vision_proj``, ``text_encoder.bert``, ``text_proj``, ``itm_head``: the
     checkpoint's own key names, so the state dict loads as stored."""
 
-    def __init__(self, checkpoint: AlbefCheckpoint, source: str):
+    def __init__(self, shape: AlbefShape):
         super().__init__()
-        shape = checkpoint.shape
         self.shape = shape
         self.visual_encoder = build_vit(shape.vit)
         self.vision_proj = nn.Linear(shape.vit.width, shape.embed_dim)
@@ -27,10 +27,14 @@ class AlbefModel(nn.Module):
         self.text_encoder.bert = AlbefBert(shape.bert)
         self.text_proj = nn.Linear(shape.bert.hidden, shape.embed_dim)
         self.itm_head = nn.Linear(shape.bert.hidden, 2)
-        expected = self.state_dict()
-        # transformers keeps a token-type buffer of its own (zeros), which the file does not store
-        optional = tuple(k for k in expected if k.endswith(("token_type_ids", "position_ids")))
-        load_state(self, checkpoint.state, source, f"{shape.family.value.upper()}", optional=optional)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: AlbefCheckpoint, source: str) -> AlbefModel:
+        model = cls(checkpoint.shape)
+        # transformers keeps token-type and position buffers of its own, which need not be in the file
+        optional = tuple(k for k in model.state_dict() if k.endswith(("token_type_ids", "position_ids")))
+        load_state(model, checkpoint.state, source, DISPLAY[checkpoint.shape.family.value], optional=optional)
+        return model.eval()
 
     @property
     def family(self) -> Family:
@@ -54,8 +58,7 @@ class AlbefModel(nn.Module):
 
     def match(self, image_tokens: torch.Tensor, texts: dict[str, torch.Tensor], pair_image: torch.Tensor):
         """The ITM "match" logit (``itm_head(...)[:, 1]``, no softmax) of each pair: text row p with
-        image ``pair_image[p]`` of ``image_tokens``. Positions past the longest text are cut: masked
-        keys add exactly zero, and no output reads them."""
+        image ``pair_image[p]`` of ``image_tokens``."""
         mask = texts["mask"]
         length = int(mask.sum(1).max())
         mask = mask[:, :length]
@@ -64,5 +67,4 @@ class AlbefModel(nn.Module):
             x, start = texts["states"][:, :length], bert.shape.fusion_layer
         else:
             x, start = bert.embeddings(input_ids=texts["ids"][:, :length]), 0
-        hidden = bert.fuse(x, mask, image_tokens, pair_image, start)
-        return self.itm_head(hidden[:, 0])[:, 1]
+        return self.itm_head(bert.fuse(x, mask, image_tokens, pair_image, start))[:, 1]

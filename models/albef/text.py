@@ -81,17 +81,66 @@ class CrossAttention(nn.Module):
         return key, value
 
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor], groups: list[tuple[int, slice]]):
+        """``x``: (rows, hidden) text positions; ``groups``: (image, rows) runs that attend to one image."""
         key, value = memory
-        pairs, length, hidden = x.shape
         query = self.self.query(x)
         attended = torch.empty_like(query)
         for image, rows in groups:
-            count = rows.stop - rows.start
-            # the group's text positions as one long query sequence per head: (heads, count * length, d)
-            q = query[rows].reshape(count * length, self.heads, -1).transpose(0, 1)
-            out = F.scaled_dot_product_attention(q, key[image], value[image])
-            attended[rows] = out.transpose(0, 1).reshape(count, length, hidden)
+            # the group's positions as one query sequence per head: (heads, rows, head width)
+            q = query[rows].view(rows.stop - rows.start, self.heads, -1).transpose(0, 1)
+            out = _attend(q, key[image], value[image])
+            attended[rows] = out.transpose(0, 1).reshape(rows.stop - rows.start, -1)
         return self.output(attended, x)
+
+
+#: query rows per step of the reduced-precision cross-attention (its score tile stays in cache)
+ATTENTION_ROWS = 128
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` per head. In fp32, torch's fused kernel is the fastest on CPU;
+    in bf16 / fp16 the plain matrix products in row steps are (docs/benchmarks.md)."""
+    if query.dtype == torch.float32 or query.device.type != "cpu":
+        return F.scaled_dot_product_attention(query, key, value)
+    out = torch.empty_like(query)
+    keys, scale = key.transpose(1, 2), query.shape[-1] ** -0.5
+    for start in range(0, query.shape[1], ATTENTION_ROWS):
+        rows = slice(start, start + ATTENTION_ROWS)
+        torch.bmm(torch.softmax(torch.bmm(query[:, rows], keys) * scale, dim=-1), value, out=out[:, rows])
+    return out
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The real (unmasked) positions of a batch of padded sequences, one row each: the linear
+    layers, which are most of the work, run on these rows alone; attention unpacks them."""
+
+    pairs: int
+    length: int
+    positions: torch.Tensor  # flat indices (pair * length + position) of the real tokens, in order
+    first: torch.Tensor  # the packed row of each pair's first token
+    counts: torch.Tensor  # real tokens per pair
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Packing:
+        real = mask.bool()
+        counts = real.sum(1)
+        first = torch.cumsum(counts, 0) - counts
+        return cls(mask.shape[0], mask.shape[1], torch.nonzero(real.reshape(-1)).reshape(-1), first, counts)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded.reshape(self.pairs * self.length, -1)[self.positions]
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        padded = packed.new_zeros(self.pairs * self.length, packed.shape[-1])
+        padded[self.positions] = packed
+        return padded.view(self.pairs, self.length, -1)
+
+    def token_groups(self, pair_groups: list[tuple[int, slice]]) -> list[tuple[int, slice]]:
+        """Pair runs (image, pairs) as runs of packed rows."""
+        ends = torch.cumsum(self.counts, 0).tolist()
+        starts = [0, *ends[:-1]]
+        return [(image, slice(starts[rows.start], ends[rows.stop - 1])) for image, rows in pair_groups]
 
 
 class AlbefLayer(nn.Module):
@@ -112,11 +161,45 @@ class AlbefLayer(nn.Module):
     def has_cross_attention(self) -> bool:
         return hasattr(self, "crossattention")
 
-    def forward(self, x, additive_mask, memory=None, groups=None):
+    def forward(self, x, additive_mask):
+        """Text only, on padded (batch, length, hidden) states: transformers' modules as they are."""
         x = self.attention(x, additive_mask)[0]
-        if memory is not None:
-            x = self.crossattention(x, memory, groups)
         return self.output(self.intermediate(x), x)
+
+    def packed(self, x, packing: Packing, additive_mask, memory, groups, first_only: bool):
+        """Packed (real tokens, hidden) states; ``groups`` (image, packed rows). ``first_only``: the
+        output at each pair's first position (``[CLS]``) alone, (pairs, hidden): every sub-block but
+        the self-attention's keys and values is per position, so a matching pass's last layer
+        computes one row per pair instead of one per token."""
+        queries = packing.first if first_only else None
+        attended = self._self_attention(x, packing, additive_mask, queries)
+        x = self.attention.output(attended, x if queries is None else x[queries])
+        if memory is not None:
+            x = self.crossattention(x, memory, groups_by_pair(groups, packing) if first_only else groups)
+        return self.output(self.intermediate(x), x)
+
+    def _self_attention(self, x, packing: Packing, additive_mask, queries: torch.Tensor | None) -> torch.Tensor:
+        """transformers' ``BertSelfAttention`` weights and eager arithmetic
+        (``softmax(q k^T / sqrt(d) + mask) v``) on packed rows; queries for ``queries`` rows only."""
+        module = self.attention.self
+        heads, width = module.num_attention_heads, module.attention_head_size
+        split = lambda t: t.view(packing.pairs, -1, heads, width).transpose(1, 2)  # noqa: E731
+        key = split(packing.unpack(module.key(x)))
+        value = split(packing.unpack(module.value(x)))
+        if queries is None:
+            query = split(packing.unpack(module.query(x)))
+        else:
+            query = module.query(x[queries]).view(packing.pairs, 1, heads, width).transpose(1, 2)
+        weights = torch.softmax(query @ key.transpose(2, 3) * width**-0.5 + additive_mask, dim=-1)
+        context = (weights @ value).transpose(1, 2).reshape(packing.pairs, -1, heads * width)
+        return context[:, 0] if queries is not None else packing.pack(context)
+
+
+def groups_by_pair(token_groups: list[tuple[int, slice]], packing: Packing) -> list[tuple[int, slice]]:
+    """Runs of packed token rows as runs of pairs (each pair's rows are contiguous)."""
+    starts = {int(row): pair for pair, row in enumerate(packing.first.tolist())}
+    ends = {int(row): pair + 1 for pair, row in enumerate((packing.first + packing.counts).tolist())}
+    return [(image, slice(starts[rows.start], ends[rows.stop])) for image, rows in token_groups]
 
 
 class _Encoder(nn.Module):
@@ -156,13 +239,18 @@ class AlbefBert(nn.Module):
     def fuse(
         self, x: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, pair_image: torch.Tensor, start: int
     ) -> torch.Tensor:
-        """Layers [start, L) on hidden states ``x`` (one row per pair), each attending to its image
-        (``image_tokens[pair_image]``; ``pair_image`` non-decreasing); the last hidden states."""
-        groups = _groups(pair_image)
+        """Layers [start, L) on hidden states ``x`` (one padded row per pair), each pair attending to
+        its image (``image_tokens[pair_image]``; ``pair_image`` non-decreasing); the last layer's
+        hidden state at the first position, (pairs, hidden). Padded positions are dropped: masked
+        keys add exactly zero to the attention, and no output reads them."""
+        packing = Packing.of(mask)
+        groups = packing.token_groups(_groups(pair_image))
         additive = self.additive(mask, x.dtype)
-        for layer in self.encoder.layer[start:]:
+        x = packing.pack(x)
+        layers = self.encoder.layer[start:]
+        for depth, layer in enumerate(layers):
             memory = layer.crossattention.memory(image_tokens) if layer.has_cross_attention else None
-            x = layer(x, additive, memory, groups)
+            x = layer.packed(x, packing, additive, memory, groups, first_only=depth == len(layers) - 1)
         return x
 
 
