@@ -88,26 +88,9 @@ class CrossAttention(nn.Module):
         for image, rows in groups:
             # the group's positions as one query sequence per head: (heads, rows, head width)
             q = query[rows].view(rows.stop - rows.start, self.heads, -1).transpose(0, 1)
-            out = _attend(q, key[image], value[image])
+            out = F.scaled_dot_product_attention(q, key[image], value[image])
             attended[rows] = out.transpose(0, 1).reshape(rows.stop - rows.start, -1)
         return self.output(attended, x)
-
-
-#: query rows per step of the reduced-precision cross-attention (its score tile stays in cache)
-ATTENTION_ROWS = 128
-
-
-def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` per head. In fp32, torch's fused kernel is the fastest on CPU;
-    in bf16 / fp16 the plain matrix products in row steps are (docs/benchmarks.md)."""
-    if query.dtype == torch.float32 or query.device.type != "cpu":
-        return F.scaled_dot_product_attention(query, key, value)
-    out = torch.empty_like(query)
-    keys, scale = key.transpose(1, 2), query.shape[-1] ** -0.5
-    for start in range(0, query.shape[1], ATTENTION_ROWS):
-        rows = slice(start, start + ATTENTION_ROWS)
-        torch.bmm(torch.softmax(torch.bmm(query[:, rows], keys) * scale, dim=-1), value, out=out[:, rows])
-    return out
 
 
 @dataclass(frozen=True)
