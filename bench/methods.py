@@ -190,6 +190,18 @@ class Shortlist:
         return f"{stage} top-{self.k}{fill}"
 
 
+@dataclass(frozen=True)
+class ShortlistScores:
+    """One direction's shortlists and scores, as a method's ``final_rows`` reads them."""
+
+    direction: str  # "t2i" or "i2t"
+    index: torch.Tensor  # (queries, k) gallery indices, best first stage first
+    second: torch.Tensor  # (queries, k) second-stage scores of those items
+    gallery: int
+    first_stage_min: float  # over the whole (queries x gallery) first-stage matrix
+    first_stage_max: float
+
+
 class ShortlistMethod(Method):
     """A two-stage scorer. The first stage is a dual encoder: ``encode_*`` return a unit
     ``embedding`` (plus whatever the second stage reads); the harness ranks every query by cosine,
@@ -228,6 +240,13 @@ class ShortlistMethod(Method):
             "shortlist_first_stage": "cosine of the unit embeddings, ties by gallery index",
             "authors_directions": list(self.authors_directions),
         }
+
+    def final_rows(self, scores: ShortlistScores, rows: slice, first_stage_rows: torch.Tensor) -> torch.Tensor | None:
+        """The final scores of queries ``rows`` over the whole gallery, for a method whose protocol
+        combines the two stages (APTM's fusion); None (the default) applies the ``fill`` rule.
+        ``first_stage_rows`` are those queries' first-stage scores; ``scores`` holds the whole
+        direction's shortlists and the first stage's range over the whole matrix."""
+        return None
 
     def score_pairs(self, images: Features, texts: Features, pair_image: torch.Tensor) -> torch.Tensor:
         """Second-stage scores of P pairs, (P,): ``texts`` holds one row per pair; ``images`` the

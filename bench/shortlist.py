@@ -19,7 +19,7 @@ from tbps_bench.distributed import SINGLE, World
 from tbps_bench.encoding import autocast, progress
 from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, feature_count, feature_rows, in_float32
-from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod
+from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod, ShortlistScores
 from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction
 
 #: pairs per second-stage forward pass unless the caller says otherwise
@@ -136,20 +136,40 @@ def final_rows(
     return block.scatter_(1, index.gather(1, order), ceiling + ordinal)
 
 
+def first_stage_range(queries: torch.Tensor, gallery: torch.Tensor) -> tuple[float, float]:
+    """The smallest and largest first-stage score of the whole matrix, a chunk at a time."""
+    low, high = float("inf"), float("-inf")
+    for rows in _chunks(len(queries), len(gallery)):
+        block = first_stage(queries, gallery, rows)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return low, high
+
+
 def _rank(
+    method: ShortlistMethod,
     shortlist: DirectionShortlist,
     second: torch.Tensor,
-    protocol: Shortlist,
     queries: torch.Tensor,
     gallery: torch.Tensor,
     query_ids: torch.Tensor,
     gallery_ids: torch.Tensor,
     direction: str,
 ) -> DirectionResult:
+    protocol = method.shortlist
+    fused = type(method).final_rows is not ShortlistMethod.final_rows
+    reads_first_stage = fused or protocol.fill is FillRule.FIRST_STAGE
+    scores = None
+    if fused:
+        low, high = first_stage_range(queries, gallery)
+        scores = ShortlistScores(direction, shortlist.index, second, len(gallery), low, high)
+
     def blocks():
         for rows in _chunks(len(queries), len(gallery)):
-            first = first_stage(queries, gallery, rows) if protocol.fill is FillRule.FIRST_STAGE else None
-            yield rows, final_rows(rows, shortlist, second, protocol, first, len(gallery))
+            first = first_stage(queries, gallery, rows).cpu() if reads_first_stage else None
+            block = method.final_rows(scores, rows, first) if fused else None
+            if block is None:
+                block = final_rows(rows, shortlist, second, protocol, first, len(gallery))
+            yield rows, block
 
     return evaluate_direction(blocks(), query_ids, gallery_ids, direction)
 
@@ -195,7 +215,7 @@ def evaluate_shortlisted(
     i2t_second = _second_stage_of(i2t, keys, scores, lambda index: torch.arange(len(index))[:, None] * n_texts + index)
     caption_pids, image_pids = torch.as_tensor(caption_pids), torch.as_tensor(image_pids)
     result = RetrievalResult(
-        t2i=_rank(t2i, t2i_second, protocol, text_unit, image_unit, caption_pids, image_pids, "t2i"),
-        i2t=_rank(i2t, i2t_second, protocol, image_unit, text_unit, image_pids, caption_pids, "i2t"),
+        t2i=_rank(method, t2i, t2i_second, text_unit, image_unit, caption_pids, image_pids, "t2i"),
+        i2t=_rank(method, i2t, i2t_second, image_unit, text_unit, image_pids, caption_pids, "i2t"),
     )
     return result, {"t2i": k_t2i, "i2t": k_i2t}

@@ -25,10 +25,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tbps_bench.shortlist import PAIR_BATCH
-from tbps_models.albef.checkpoint import AlbefShape, Family
-from tbps_models.albef.model import AlbefModel
 from tbps_models.albef.text import BertShape
 from tbps_models.albef.vision import VitShape
+from tbps_models.rasa.checkpoint import AlbefShape, Family
+from tbps_models.rasa.model import AlbefModel
 
 K = 128
 MAX_WORDS = 50

@@ -1,2 +1,2 @@
-"""ALBEF-style cross-encoders (RaSa, MARS): a ViT, a BERT whose later layers attend to the image
-tokens, an image-text matching head, and the authors' caption cleaning and tokenizer rule."""
+"""Parts shared by the ALBEF family of cross-encoders (RaSa, MARS, APTM): the BERT whose later layers
+attend to image tokens, the ViT, and the BERT WordPiece rule of their tokenizer copy."""

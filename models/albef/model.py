@@ -1,5 +1,5 @@
-"""An ALBEF-family model from a released checkpoint: contrastive (ITC) features for the shortlist,
-and the image-text matching (ITM) logit of (text, image) pairs for the re-ranking."""
+"""What every ALBEF-family model computes from its parts: contrastive (ITC) features for the
+shortlist and the image-text matching (ITM) logit of (text, image) pairs for the re-ranking."""
 
 from __future__ import annotations
 
@@ -8,52 +8,48 @@ from torch import nn
 from torch.nn import functional as F
 
 from tbps_bench.checkpoints import load_state
-from tbps_models.albef.checkpoint import AlbefCheckpoint, AlbefShape, Family
-from tbps_models.albef.text import AlbefBert
-from tbps_models.albef.vision import build_vit
-from tbps_models.layouts import DISPLAY
+from tbps_models.albef.text import AlbefBert, BertShape
 
 
-class AlbefModel(nn.Module):
-    """``visual_encoder``, ``vision_proj``, ``text_encoder.bert``, ``text_proj``, ``itm_head``: the
-    checkpoint's own key names, so the state dict loads as stored."""
+class CrossEncoder(nn.Module):
+    """Subclasses build the image encoder (``image_tokens``), ``vision_proj`` and ``itm_head`` under
+    their checkpoint's key names; ``text_encoder.bert`` and ``text_proj`` are built here."""
 
-    def __init__(self, shape: AlbefShape):
+    #: MARS runs the matching from the token ids through every layer; the others continue from the
+    #: text-only layers' states
+    match_from_ids: bool = False
+
+    def __init__(self, bert: BertShape, embed_dim: int):
         super().__init__()
-        self.shape = shape
-        self.visual_encoder = build_vit(shape.vit)
-        self.vision_proj = nn.Linear(shape.vit.width, shape.embed_dim)
         self.text_encoder = nn.Module()
-        self.text_encoder.bert = AlbefBert(shape.bert)
-        self.text_proj = nn.Linear(shape.bert.hidden, shape.embed_dim)
-        self.itm_head = nn.Linear(shape.bert.hidden, 2)
+        self.text_encoder.bert = AlbefBert(bert)
+        self.text_proj = nn.Linear(bert.hidden, embed_dim)
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: AlbefCheckpoint, source: str) -> AlbefModel:
-        model = cls(checkpoint.shape)
+    def load(self, state: dict[str, torch.Tensor], source: str, what: str) -> CrossEncoder:
+        """The checkpoint's used entries, strictly: missing, unexpected and mis-shaped keys by name."""
         # transformers keeps token-type and position buffers of its own, which need not be in the file
-        optional = tuple(k for k in model.state_dict() if k.endswith(("token_type_ids", "position_ids")))
-        load_state(model, checkpoint.state, source, DISPLAY[checkpoint.shape.family.value], optional=optional)
-        return model.eval()
+        optional = tuple(k for k in self.state_dict() if k.endswith(("token_type_ids", "position_ids")))
+        load_state(self, state, source, what, optional=optional)
+        return self.eval()
 
     @property
-    def family(self) -> Family:
-        return self.shape.family
+    def bert(self) -> AlbefBert:
+        return self.text_encoder.bert
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def image_features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``embedding``: the unit ITC vector; ``tokens``: every output token, the cross-attention memory."""
-        tokens = self.visual_encoder.forward_features(pixels)
+        """``embedding``: the unit ITC vector of token 0; ``tokens``: the cross-attention memory."""
+        tokens = self.image_tokens(pixels)
         return {"embedding": F.normalize(self.vision_proj(tokens[:, 0]), dim=-1), "tokens": tokens}
 
     def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``embedding``: the unit ITC vector of ``[CLS]`` after the text-only layers; what the
-        matching reads: RaSa the text-mode hidden states, MARS the token ids (it runs every layer)."""
-        states = self.text_encoder.bert.text(ids, mask)
+        """``embedding``: the unit ITC vector of ``[CLS]`` after the text-only layers; and what the
+        matching reads: those layers' states, or (``match_from_ids``) the token ids."""
+        states = self.bert.text(ids, mask)
         features = {"embedding": F.normalize(self.text_proj(states[:, 0]), dim=-1), "mask": mask}
-        if self.family is Family.RASA:
-            features["states"] = states
-        else:
-            features["ids"] = ids
+        features["ids" if self.match_from_ids else "states"] = ids if self.match_from_ids else states
         return features
 
     def match(self, image_tokens: torch.Tensor, texts: dict[str, torch.Tensor], pair_image: torch.Tensor):
@@ -62,9 +58,8 @@ class AlbefModel(nn.Module):
         mask = texts["mask"]
         length = int(mask.sum(1).max())
         mask = mask[:, :length]
-        bert = self.text_encoder.bert
-        if self.family is Family.RASA:
-            x, start = texts["states"][:, :length], bert.shape.fusion_layer
+        if self.match_from_ids:
+            x, start = self.bert.embeddings(input_ids=texts["ids"][:, :length]), 0
         else:
-            x, start = bert.embeddings(input_ids=texts["ids"][:, :length]), 0
-        return self.itm_head(bert.fuse(x, mask, image_tokens, pair_image, start))[:, 1]
+            x, start = texts["states"][:, :length], self.bert.shape.fusion_layer
+        return self.itm_head(self.bert.fuse(x, mask, image_tokens, pair_image, start))[:, 1]

@@ -1,11 +1,12 @@
-"""Captions as the ALBEF family's code prepares them: ``pre_caption`` cleaning, then BERT WordPiece
-on the bert-base-uncased vocabulary with ``[CLS]`` in front and no ``[SEP]`` (a single sequence in
-the authors' tokenizer copy), padded with 0 to ``max_words``."""
+"""Captions as the ALBEF family's code prepares them: a method's cleaning (RaSa / MARS: ``pre_caption``),
+then BERT WordPiece on the bert-base-uncased vocabulary with ``[CLS]`` in front and no ``[SEP]`` (a
+single sequence in the authors' tokenizer copy), padded with 0 to the method's length."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,27 +62,31 @@ def check_vocabulary(path: str | Path | None) -> tuple[Path, str]:
 
 
 class CaptionTokenizer:
-    """``pre_caption`` + WordPiece (the ``tokenizers`` library's BERT pipeline: lower-casing, accent
+    """``clean`` + WordPiece (the ``tokenizers`` library's BERT pipeline: lower-casing, accent
     stripping, control characters removed, CJK and punctuation split, words over 100 characters
-    -> ``[UNK]``), ``[CLS]`` + the first ``max_words - 1`` pieces, zero padding."""
+    -> ``[UNK]``, a literal ``[MASK]`` / ``[SEP]`` ... a special token), ``[CLS]`` + the first
+    ``length - 1`` pieces, zero padding."""
 
-    def __init__(self, vocabulary: str | Path | None, max_words: int):
+    def __init__(self, vocabulary: str | Path | None, length: int, clean: Callable[[str], str]):
         from tokenizers import BertWordPieceTokenizer
 
         self.path, self.sha256 = check_vocabulary(vocabulary)
-        self.max_words = int(max_words)
+        self.length, self.clean = int(length), clean
         self._wordpiece = BertWordPieceTokenizer(str(self.path), lowercase=True, clean_text=True)
 
+    def pieces(self, captions: list[str]) -> list[list[int]]:
+        """Word-piece ids of each cleaned caption, no special tokens added, not cut."""
+        encoded = self._wordpiece.encode_batch([self.clean(c) for c in captions], add_special_tokens=False)
+        return [item.ids for item in encoded]
+
     def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        cleaned = [pre_caption(c, self.max_words) for c in captions]
-        encoded = self._wordpiece.encode_batch(cleaned, add_special_tokens=False)
-        ids = torch.full((len(captions), self.max_words), PAD_ID, dtype=torch.int64)
+        ids = torch.full((len(captions), self.length), PAD_ID, dtype=torch.int64)
         mask = torch.zeros_like(ids)
         truncated = torch.zeros(len(captions), dtype=torch.bool)
-        for row, item in enumerate(encoded):
-            pieces = [CLS_ID, *item.ids]
-            truncated[row] = len(pieces) > self.max_words
-            pieces = pieces[: self.max_words]
+        for row, pieces in enumerate(self.pieces(captions)):
+            pieces = [CLS_ID, *pieces]
+            truncated[row] = len(pieces) > self.length
+            pieces = pieces[: self.length]
             ids[row, : len(pieces)] = torch.tensor(pieces, dtype=torch.int64)
             mask[row, : len(pieces)] = 1
         return {"ids": ids, "mask": mask, "truncated": truncated}

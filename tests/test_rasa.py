@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -14,10 +15,10 @@ from torchvision.transforms import functional as TF
 from tbps_bench.cli import main
 from tbps_bench.errors import BenchError
 from tbps_bench.results import load_result
-from tbps_models.albef.checkpoint import Family, load_albef
-from tbps_models.albef.method import CLIP_MEAN, CLIP_STD, MarsMethod, RasaMethod
-from tbps_models.albef.model import AlbefModel
 from tbps_models.albef.tokenizer import CaptionTokenizer, pre_caption
+from tbps_models.rasa.checkpoint import Family, load_albef
+from tbps_models.rasa.method import CLIP_MEAN, CLIP_STD, MarsMethod, RasaMethod
+from tbps_models.rasa.model import AlbefModel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["rasa", "mars"]
@@ -58,7 +59,10 @@ def loaded(request):
     reference = _reference(family)
     checkpoint = load_albef(_checkpoint(family), Family(family))
     model = AlbefModel.from_checkpoint(checkpoint, family)
-    tokens = CaptionTokenizer(None, checkpoint.shape.max_words)(reference["captions"])
+    max_words = checkpoint.shape.max_words
+    tokens = CaptionTokenizer(None, max_words, functools.partial(pre_caption, max_words=max_words))(
+        reference["captions"]
+    )
     with torch.no_grad():
         images = model.image_features(_pixels(family, reference))
         texts = model.text_features(tokens["ids"], tokens["mask"])
@@ -75,9 +79,8 @@ def test_captions_and_tokens_equal_the_authors(loaded):
 
 
 def _token_lengths_untruncated(family: str, reference: dict) -> list[int]:
-    tokenizer = CaptionTokenizer(None, 512)
-    cleaned = [pre_caption(c, reference["max_words"]) for c in reference["captions"]]
-    return [len(tokenizer._wordpiece.encode(c, add_special_tokens=False).ids) + 1 for c in cleaned]
+    tokenizer = CaptionTokenizer(None, 512, functools.partial(pre_caption, max_words=reference["max_words"]))
+    return [len(pieces) + 1 for pieces in tokenizer.pieces(reference["captions"])]
 
 
 def test_the_image_transform_gives_the_authors_input_bit_for_bit(loaded):
