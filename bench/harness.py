@@ -366,6 +366,7 @@ def run_eval(
     torch.manual_seed(options.seed)
     split = load_eval_split(dataset_name, options.data_root, options.split, world).limited(options.limit)
     method = build_method(method_name, device, options.checkpoint, options.method_args)
+    method.for_dataset(split.dataset)
     cache = FeatureCache(enabled=options.use_cache)
     subsets = [split]
     if split.image_sources:

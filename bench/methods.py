@@ -95,6 +95,11 @@ class Method:
         return {}
 
     # -- preprocessing
+    def for_dataset(self, dataset: str) -> None:
+        """Called before a dataset's split is encoded, for a method whose preprocessing depends on
+        the dataset (APTM's per-dataset normalisation); ``preprocessing()`` must then say what it
+        chose. An unknown dataset it cannot serve raises ``BenchError``."""
+
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
         from torchvision.transforms import functional as F
 
@@ -212,8 +217,8 @@ class ShortlistMethod(Method):
     Text to image is the authors' protocol; image to text is the same with roles swapped (per image,
     its k texts of highest first-stage score), which the results label as such.
 
-    Options: ``k`` (shortlist size, 128 unless a method says otherwise), ``fill`` (``authors`` or
-    ``first-stage``)."""
+    Options: ``k`` (shortlist size: the checkpoint's stored value, else ``default_k``), ``fill``
+    (``authors`` or ``first-stage``)."""
 
     #: the value of every non-shortlisted entry under ``FillRule.AUTHORS``
     fill_value: float = -100.0
@@ -222,9 +227,18 @@ class ShortlistMethod(Method):
     #: whether the authors' own evaluation ranks images for texts only
     authors_directions: tuple[str, ...] = ("t2i",)
 
-    def __init__(self, k: int = 128, fill: str = "authors", **kwargs: Any):
+    #: the shortlist size unless the user or the method's checkpoint says otherwise
+    default_k: int = 128
+
+    def __init__(self, k: int | None = None, fill: str = "authors", **kwargs: Any):
         super().__init__(**kwargs)
-        self.shortlist = Shortlist.parse(k, fill, self.fill_value)
+        self._requested_k = k
+        self.shortlist = Shortlist.parse(self.default_k if k is None else k, fill, self.fill_value)
+
+    def use_stored_k(self, k: int | None) -> None:
+        """The shortlist size a checkpoint's own config stores, unless the user gave ``k``."""
+        if self._requested_k is None and k is not None:
+            self.shortlist = Shortlist.parse(k, self.shortlist.fill.value, self.fill_value)
 
     def arguments(self) -> dict[str, Any]:
         """The method's own arguments; ``k`` and ``fill`` are recorded in ``protocol()`` (scoring

@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 #: how each method's authors write its name
-DISPLAY = {"rasa": "RaSa", "mars": "MARS", "irra": "IRRA", "rde": "RDE"}
+DISPLAY = {"rasa": "RaSa", "mars": "MARS", "aptm": "APTM", "irra": "IRRA", "rde": "RDE"}
 
 
 def identify(keys: Iterable[str]) -> str | None:
     """The tbps-bench method whose released files have these ``model`` keys, or None."""
     keys = [k.removeprefix("module.") for k in keys]
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("text_encoder.bert.") and has("vision_encoder.layers."):
+        return "aptm"
     if has("text_encoder.bert.") and has("visual_encoder."):
         layer0_cross = has("text_encoder.bert.encoder.layer.0.crossattention.")
         return "mars" if layer0_cross or has("visual_decoder.") else "rasa"

@@ -48,6 +48,7 @@ class RasaMethod(CrossEncoderMethod):
         words = loaded.shape.max_words
         self._tokenizer = CaptionTokenizer(vocab, words, functools.partial(pre_caption, max_words=words))
         self.network.model = AlbefModel.from_checkpoint(loaded, str(self.checkpoint))
+        self.use_stored_k(loaded.k_test)
         self.report(loaded.notes, loaded.ignored)
 
     def arguments(self) -> dict[str, Any]:
