@@ -204,3 +204,18 @@ def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(tmp_path, m
     assert two["provenance"]["distributed"]["world_size"] == 2
     summary = json.loads((folder / "summary.json").read_text())
     assert two["per_query"]["t2i_first_hit_rank"] == summary["t2i_first_hit_rank"]
+
+
+def test_aptm_fusion_is_a_property_of_the_score_not_of_the_job(tmp_path, monkeypatch):
+    """fusion_world_size=4 under 2 processes gives the one-process result with fusion_world_size=4."""
+    folder = HERE / "fixtures" / "aptm_reference"
+    evaluate = ["eval", "-m", "aptm", "-d", "cuhk-pedes", "--data-root", str(folder), "--pair-batch", "7"]
+    evaluate += ["--checkpoint", str(folder / "aptm_checkpoint.pth"), "--method-arg", "fusion_world_size=4"]
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
+    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = results(tmp_path / "one")["aptm"], results(tmp_path / "two")["aptm"]
+    assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert two["per_query"]["t2i_first_hit_rank"] == summary["first_hit_rank"]["t2i_w4"]

@@ -52,6 +52,7 @@ def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
         "rde": ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
         "rasa": ["--checkpoint", str(FIXTURES / "rasa_reference" / "rasa_checkpoint.pth"), "k=3"],
         "mars": ["--checkpoint", str(FIXTURES / "mars_reference" / "mars_checkpoint.pth"), "k=3"],
+        "aptm": ["--checkpoint", str(FIXTURES / "aptm_reference" / "aptm_checkpoint.pth"), "k=3", "stats=cuhk-pedes"],
     }
 
 
