@@ -29,7 +29,23 @@ def _parser() -> argparse.ArgumentParser:
     # own default replace the list given before it, hence a second name
     for command in _leaf_parsers(parser):
         _add_plugin_option(command, "plugin_after_command")
+        page = DOCS[command.prog.split()[1]]
+        command.epilog = f"{command.epilog} " if command.epilog else ""
+        command.epilog += f"Documentation: {page} in the tbps-bench repository."
+    parser.epilog += "; documentation: README.md and docs/ in the tbps-bench repository"
     return parser
+
+
+#: the page that documents each command
+DOCS = {
+    "demo": "README.md",
+    "list": "docs/methods.md",
+    "eval": "docs/evaluation.md",
+    "train": "docs/plugins.md",
+    "score": "docs/evaluation.md",
+    "data": "docs/datasets.md",
+    "leaderboard": "docs/leaderboards.md",
+}
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
