@@ -120,12 +120,12 @@ def test_precomputed_with_other_ids_or_counts_is_refused(tmp_path, capsys):
 
 
 def _readme_block(marker: str) -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     return marker + readme.split(marker, 1)[1].split("```", 1)[0]
 
 
 def test_separately_installed_method_package(tmp_path):
-    """The README's package example, built and installed with pip, is listed and evaluates."""
+    """The plugin page's package example, built and installed with pip, is listed and evaluates."""
     package = tmp_path / "tbps-grey-level"
     package.mkdir()
     (package / "pyproject.toml").write_text(_readme_block("# pyproject.toml\n"))
