@@ -4,6 +4,8 @@ folder can be wrong: missing files, unreadable JSON or tensors, another method's
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,23 @@ import torch
 from torch import nn
 
 from tbps_bench.errors import BenchError
+
+
+def load_torch_file(path: str | Path, expected: str, contents: str) -> Any:
+    """``torch.load(weights_only=True)`` of a released checkpoint, never executing it: a missing file,
+    pickled objects and a damaged file each get one line naming the file and what was ``expected``
+    (``contents``: what it should hold)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist (expected {expected})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise BenchError(
+            f"checkpoint {path} holds pickled Python objects, which weights-only loading refuses; expected {contents}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise BenchError(f"checkpoint {path} cannot be read (truncated or not a torch file): {exc}") from exc
 
 
 def read_json(path: Path, method: str) -> dict[str, Any]:

@@ -190,32 +190,28 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert not list((tmp_path / "out").glob("**/*.json"))
 
 
-def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(tmp_path, monkeypatch):
-    """RaSa on its reference set: the pair batches split between the processes, the same ranks."""
-    folder = HERE / "fixtures" / "rasa_reference"
-    evaluate = ["eval", "-m", "rasa", "-d", "cuhk-pedes", "--data-root", str(folder), "--method-arg", "k=4"]
-    evaluate += ["--checkpoint", str(folder / "rasa_checkpoint.pth"), "--pair-batch", "9", "--batch-size", "4"]
+@pytest.mark.parametrize(
+    ("method", "arguments", "expected"),
+    [
+        ("rasa", ["--method-arg", "k=4", "--batch-size", "4"], "t2i_first_hit_rank"),
+        # APTM's fusion is a property of the score, not of the job: 4 "processes" of fusion under 2
+        ("aptm", ["--method-arg", "fusion_world_size=4"], ("first_hit_rank", "t2i_w4")),
+    ],
+)
+def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(
+    tmp_path, monkeypatch, method, arguments, expected
+):
+    """The pair batches split between the processes, the same ranks as one process and the authors'."""
+    folder = HERE / "fixtures" / f"{method}_reference"
+    evaluate = ["eval", "-m", method, "-d", "cuhk-pedes", "--data-root", str(folder), "--pair-batch", "7"]
+    evaluate += ["--checkpoint", str(folder / f"{method}_checkpoint.pth"), *arguments]
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
     assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
     run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
     assert run.returncode == 0, run.stderr[-3000:]
-    one, two = results(tmp_path / "one")["rasa"], results(tmp_path / "two")["rasa"]
+    one, two = results(tmp_path / "one")[method], results(tmp_path / "two")[method]
     assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
     assert two["provenance"]["distributed"]["world_size"] == 2
     summary = json.loads((folder / "summary.json").read_text())
-    assert two["per_query"]["t2i_first_hit_rank"] == summary["t2i_first_hit_rank"]
-
-
-def test_aptm_fusion_is_a_property_of_the_score_not_of_the_job(tmp_path, monkeypatch):
-    """fusion_world_size=4 under 2 processes gives the one-process result with fusion_world_size=4."""
-    folder = HERE / "fixtures" / "aptm_reference"
-    evaluate = ["eval", "-m", "aptm", "-d", "cuhk-pedes", "--data-root", str(folder), "--pair-batch", "7"]
-    evaluate += ["--checkpoint", str(folder / "aptm_checkpoint.pth"), "--method-arg", "fusion_world_size=4"]
-    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
-    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
-    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
-    assert run.returncode == 0, run.stderr[-3000:]
-    one, two = results(tmp_path / "one")["aptm"], results(tmp_path / "two")["aptm"]
-    assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
-    summary = json.loads((folder / "summary.json").read_text())
-    assert two["per_query"]["t2i_first_hit_rank"] == summary["first_hit_rank"]["t2i_w4"]
+    reference = summary[expected] if isinstance(expected, str) else summary[expected[0]][expected[1]]
+    assert two["per_query"]["t2i_first_hit_rank"] == reference

@@ -20,6 +20,8 @@ from tbps_models.rasa.checkpoint import Family, load_albef
 from tbps_models.rasa.method import CLIP_MEAN, CLIP_STD, MarsMethod, RasaMethod
 from tbps_models.rasa.model import AlbefModel
 
+from pair_scores import match_pairs, shortlist_scores
+
 FIXTURES = Path(__file__).parent / "fixtures"
 FAMILIES = ["rasa", "mars"]
 TOLERANCE = 1e-4  # x max|reference|, as the references' READMEs state
@@ -104,26 +106,11 @@ def test_contrastive_features_and_similarity_equal_the_authors(loaded):
         assert [set(row) for row in chosen.tolist()] == [set(row) for row in theirs.tolist()]
 
 
-def _matching(model, images, texts, text_rows, image_rows):
-    """ITM logits of (text_rows[p], image_rows[p]) through the model's grouped pair path."""
-    order = torch.argsort(image_rows, stable=True)
-    distinct, pair_image = torch.unique(image_rows[order], return_inverse=True)
-    rows = {key: value[text_rows[order]] for key, value in texts.items() if key != "embedding"}
-    with torch.no_grad():
-        scores = model.match(images["tokens"][distinct], rows, pair_image)
-    out = torch.empty_like(scores)
-    out[order] = scores
-    return out
-
-
 def test_matching_logits_equal_the_authors_in_both_directions(loaded):
     _, reference, model, _, images, texts = loaded
-    t2i, i2t = reference["t2i_topk_index"], reference["i2t_topk_index"]
-    k = t2i.shape[1]
-    mine = _matching(model, images, texts, torch.arange(len(t2i)).repeat_interleave(k), t2i.reshape(-1))
-    assert _relative(mine.view_as(t2i), reference["t2i_topk_itm"]) <= TOLERANCE
-    mine = _matching(model, images, texts, i2t.reshape(-1), torch.arange(len(i2t)).repeat_interleave(k))
-    assert _relative(mine.view_as(i2t), reference["i2t_topk_itm"]) <= TOLERANCE
+    for direction in ("t2i", "i2t"):
+        mine = shortlist_scores(model, images, texts, reference[f"{direction}_topk_index"], direction)
+        assert _relative(mine, reference[f"{direction}_topk_itm"]) <= TOLERANCE
 
 
 def test_a_pair_scores_the_same_alone_and_among_other_images_pairs(loaded):
@@ -131,9 +118,9 @@ def test_a_pair_scores_the_same_alone_and_among_other_images_pairs(loaded):
     _, _, model, _, images, texts = loaded
     texts_all = torch.arange(6).repeat(3)
     images_all = torch.arange(3).repeat_interleave(6)
-    together = _matching(model, images, texts, texts_all, images_all)
+    together = match_pairs(model, images, texts, texts_all, images_all)
     alone = torch.stack(
-        [_matching(model, images, texts, t[None], i[None])[0] for t, i in zip(texts_all, images_all, strict=True)]
+        [match_pairs(model, images, texts, t[None], i[None])[0] for t, i in zip(texts_all, images_all, strict=True)]
     )
     assert _relative(together, alone) <= 1e-5
 
@@ -275,8 +262,8 @@ def test_bf16_matching_stays_close_to_fp32(loaded):
     t2i = reference["t2i_topk_index"]
     k = t2i.shape[1]
     text_rows, image_rows = torch.arange(len(t2i)).repeat_interleave(k), t2i.reshape(-1)
-    full = _matching(model, images, texts, text_rows, image_rows)
+    full = match_pairs(model, images, texts, text_rows, image_rows)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = _matching(model, images, texts, text_rows, image_rows)
+        half = match_pairs(model, images, texts, text_rows, image_rows)
     assert half.dtype == torch.bfloat16 or half.dtype == torch.float32
     assert _relative(half.float(), full) <= 0.1

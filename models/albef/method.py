@@ -12,6 +12,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.methods import ShortlistMethod
 from tbps_models.albef.model import CrossEncoder
 from tbps_models.albef.tokenizer import CaptionTokenizer
+from tbps_models.released import require_checkpoint
 
 
 def optional_int(name: str, value: Any) -> int | None:
@@ -31,13 +32,7 @@ class CrossEncoderMethod(ShortlistMethod):
 
     def __init__(self, trained_on: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.checkpoint is None:
-            raise BenchError(f"{self.name} needs --checkpoint FILE: the authors' checkpoint.pth")
-        if trained_on is not None:
-            from tbps_bench.registry import DATASETS
-
-            DATASETS.entry(trained_on)  # an unknown name stops here, with did-you-mean
-        self.trained_on = trained_on
+        require_checkpoint(self, trained_on, "the authors' checkpoint.pth")
 
     def report(self, notes: list[str], ignored: dict[str, int]) -> None:
         """What loading decided or left out, one note each."""

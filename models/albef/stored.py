@@ -4,14 +4,13 @@ training only (ignored and counted), and anything else (refused, by name)."""
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tbps_bench.checkpoints import load_torch_file
 from tbps_bench.errors import BenchError
 from tbps_models.albef.text import BertShape
 from tbps_models.albef.vision import HEAD_WIDTH
@@ -22,17 +21,7 @@ BERT = "text_encoder.bert."
 def read_checkpoint(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The ``model`` state dict (``module.`` removed) and the stored config, or one line saying why not."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"checkpoint {path} does not exist (expected {what})")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise BenchError(
-            f"checkpoint {path} holds pickled Python objects, which weights-only loading refuses; expected "
-            "{'model': state_dict, 'config': ...} of tensors and plain values"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise BenchError(f"checkpoint {path} cannot be read (truncated or not a torch file): {exc}") from exc
+    stored = load_torch_file(path, what, "{'model': state_dict, 'config': ...} of tensors and plain values")
     if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
         found = sorted(map(str, stored))[:6] if isinstance(stored, dict) else type(stored).__name__
         raise BenchError(f"checkpoint {path} is not {what}: expected a dict with 'model', found {found}")

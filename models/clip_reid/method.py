@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from tbps_bench.errors import BenchError
 from tbps_bench.methods import Method
 from tbps_models.clip_reid.architecture import IMAGE_SIZE
 from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD
 from tbps_models.clip_reid.model import ClipReidModel, load_checkpoint
 from tbps_models.clip_reid.tokenizer import tokenize
+from tbps_models.released import require_checkpoint
 from tbps_models.transforms import person_image_transform
 
 
@@ -25,13 +25,7 @@ class IrraMethod(Method):
 
     def __init__(self, trained_on: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.checkpoint is None:
-            raise BenchError(f"{self.name} needs --checkpoint FILE: an {self.family.upper()}-format best.pth")
-        if trained_on is not None:
-            from tbps_bench.registry import DATASETS
-
-            DATASETS.entry(trained_on)  # an unknown name stops here, with did-you-mean
-        self.trained_on = trained_on
+        require_checkpoint(self, trained_on, f"an {self.family.upper()}-format best.pth")
         self.network.model = load_checkpoint(self.checkpoint, self.family, **self._family_options())
         if self.model.ignored:
             ignored = ", ".join(f"{name} ({count})" for name, count in sorted(self.model.ignored.items()))

@@ -10,15 +10,13 @@ and is ignored, by name.
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tbps_bench.checkpoints import load_state
+from tbps_bench.checkpoints import load_state, load_torch_file
 from tbps_bench.errors import BenchError
 from tbps_models.clip_reid.architecture import ClipArchitecture, infer_architecture, to_transformers
 from tbps_models.clip_reid.backbone import PersonClip
@@ -37,17 +35,7 @@ _HEAD_PARTS = {"mlp.layers.0.": "hidden.", "mlp.bns.0.": "norm.", "mlp.layers.1.
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The file's ``model`` state dict (``module.`` prefixes removed), or one line saying what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"checkpoint {path} does not exist (expected an IRRA-format .pth file)")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise BenchError(
-            f"checkpoint {path} holds pickled Python objects, which weights-only loading refuses; expected "
-            "{'model': state_dict} of tensors"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise BenchError(f"checkpoint {path} cannot be read (truncated or not a torch file): {exc}") from exc
+    stored = load_torch_file(path, "an IRRA-format .pth file", "{'model': state_dict} of tensors")
     if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
         found = sorted(stored)[:6] if isinstance(stored, dict) else type(stored).__name__
         hint = " (a NAFS release checkpoint: use -m nafs)" if isinstance(stored, dict) and "network" in stored else ""
