@@ -211,3 +211,47 @@ def test_external_checkpoints_by_their_training_label(tmp_path):
     compared = [line for line in in_domain if "vs Paper method" in line]
     assert len(compared) == 1 and "embedding=both" in compared[0]
     assert "vs Paper method" not in sections["Text-to-image, cross-domain"]
+
+
+def _random_result(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)]) == 0
+    return next(out.rglob("*.json"))
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/escaped", "a/b"])
+@pytest.mark.parametrize("check", [False, True])
+def test_a_dataset_name_that_is_a_path_is_refused_and_nothing_is_written_outside(tmp_path, capsys, name, check):
+    """Result files are other people's data: their names never become paths outside --out."""
+    path = _random_result(tmp_path)
+    result = json.loads(path.read_text())
+    result["dataset"]["name"] = name
+    path.write_text(json.dumps(result))
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    out = tmp_path / "deep" / "lb"
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(out)]
+    assert main([*args, *(["--check"] if check else [])]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and str(path) in errors[0] and "cannot name a leaderboard file" in errors[0]
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
+    assert not Path("/tmp/escaped.md").exists()
+
+
+def test_the_build_owns_only_the_files_it_wrote(tmp_path):
+    """A user's notes and figures in --out survive every build; what a build wrote and no longer
+    writes is removed."""
+    _random_result(tmp_path)
+    out = tmp_path / "lb"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    (out / "figure.png").write_bytes(b"\x89PNG mine")
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(out)]
+    assert main([*args, "--reported", str(tmp_path / "none")]) == 0
+    written = set((out / ".generated-files").read_text().split())
+    assert "toy-pedes.md" in written and "notes.md" not in written and "figure.png" not in written
+    assert main([*args, "--reported", str(tmp_path / "none"), "--check"]) == 0  # a user's files are not stale pages
+    for result in (tmp_path / "results").rglob("*.json"):
+        result.unlink()
+    assert main([*args, "--reported", str(tmp_path / "none")]) == 0
+    assert not (out / "toy-pedes.md").exists()  # written by the build, no longer generated: removed
+    assert (out / "notes.md").read_text() == "mine" and (out / "figure.png").read_bytes() == b"\x89PNG mine"

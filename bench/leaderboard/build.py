@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tbps_bench.errors import BenchError
 from tbps_bench.leaderboard.render import DIRECTIONS, cmc_plot, table
 from tbps_bench.leaderboard.reported import ReportedRow, load_reported
 from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_runs
 
 GENERATED_SUFFIXES = (".md", ".csv", ".png")
+#: the list of files the last build wrote in ``--out``: only these are ever replaced or removed
+MANIFEST = ".generated-files"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 DOMAINS = {
     "in-domain": "in-domain",
@@ -121,11 +124,22 @@ def _render(results: Path, reported_dir: Path, out: Path, skip_invalid: bool) ->
 
 
 def _generated(folder: Path) -> set[str]:
-    return (
-        {p.name for p in folder.iterdir() if p.is_file() and p.suffix in GENERATED_SUFFIXES}
-        if folder.is_dir()
-        else set()
-    )
+    """The files a build wrote in ``folder``: its manifest's names, or, before any manifest, only the
+    known pages (``README.md`` and each ``<name>.md`` / ``.csv`` / CMC ``.png`` it would write)."""
+    if not folder.is_dir():
+        return set()
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        return {n for n in manifest.read_text(encoding="utf-8").splitlines() if n and (folder / n).is_file()}
+    return {p.name for p in folder.iterdir() if p.is_file() and p.suffix in GENERATED_SUFFIXES}
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name`` when it is a plain file name inside ``folder``; anything else is refused."""
+    path = folder / name
+    if Path(name).name != name or path.resolve().parent != folder.resolve():
+        raise BenchError(f"leaderboard file name {name!r} would be written outside {folder}; refused")
+    return path
 
 
 def build_leaderboards(
@@ -145,7 +159,11 @@ def build_leaderboards(
     with tempfile.TemporaryDirectory(prefix=".leaderboard-", dir=out if out.is_dir() else None) as tmp:
         staging = Path(tmp)
         counts = _render(results, reported_dir, staging, skip_invalid)
-        new, old = _generated(staging), _generated(out)
+        new = {p.name for p in staging.iterdir() if p.is_file()}
+        (staging / MANIFEST).write_text("".join(f"{name}\n" for name in sorted(new)), encoding="utf-8")
+        old = _generated(out)
+        if not (out / MANIFEST).is_file():  # before any manifest: never remove what this build does not write
+            old &= new
         stale = sorted(
             name
             for name in new | old
@@ -156,7 +174,7 @@ def build_leaderboards(
         if check:
             return {**counts, "stale": stale, "pages": sorted(n for n in new if n.endswith(".md"))}
         for name in old - new:
-            (out / name).unlink()
-        for name in sorted(new):
-            shutil.move(str(staging / name), out / name)
+            _inside(out, name).unlink()
+        for name in sorted(new | {MANIFEST}):
+            shutil.move(str(staging / name), _inside(out, name))
     return {**counts, "stale": stale, "pages": sorted(n for n in new if n.endswith(".md"))}

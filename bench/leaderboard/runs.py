@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,6 +19,8 @@ from tbps_bench.results import METRIC_NAMES, load_result
 
 #: arguments that distinguish runs of one configuration rather than configurations
 RUN_ARGUMENTS = {"seed"}
+#: what a dataset or split name read from a result file must look like to become part of a file name
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 20210108
 
@@ -143,6 +146,15 @@ def _label(result: dict[str, Any]) -> str:
     return f"{name} ({', '.join(shown)})" if shown else name
 
 
+def _unsafe_name(result: dict[str, Any]) -> str | None:
+    """The dataset or split name of a result file that cannot be part of a file name (a path, ``..``)."""
+    for key in ("name", "split"):
+        value = result["dataset"][key]
+        if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+            return f"dataset.{key} {value!r}"
+    return None
+
+
 def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration], dict[str, int]]:
     """Complete runs grouped by configuration, and counts of what was left out."""
     files = sorted(p for p in results_dir.rglob("*.json") if p.is_file()) if results_dir.is_dir() else []
@@ -155,6 +167,14 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
             if not skip_invalid:
                 raise BenchError(f"{exc} (use --skip-invalid to build without it)") from exc
             print(f"skipped: {exc}", file=sys.stderr)
+            left_out["invalid"] += 1
+            continue
+        unsafe = _unsafe_name(result)
+        if unsafe:
+            message = f"{path}: {unsafe} cannot name a leaderboard file; expected {SAFE_NAME.pattern}"
+            if not skip_invalid:
+                raise BenchError(f"{message} (use --skip-invalid to build without it)")
+            print(f"skipped: {message}", file=sys.stderr)
             left_out["invalid"] += 1
             continue
         if result["status"] != "complete" or result["dataset"].get("limit") is not None:
