@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from pathlib import Path
@@ -154,7 +155,9 @@ def _check_per_query(result: dict[str, Any], source: str) -> None:
         count = count - int(skipped.get(direction) or 0) if isinstance(count, int) else None
         ranks = _per_query_list(per_query, f"{direction}_first_hit_rank", source, count, ranks=True)
         n = len(ranks)
-        derived = {f"R{k}": 100.0 * sum(1 for r in ranks if r <= k) / n for k in ks}
+        # every R@K the file carries, and R@1, R@5, R@10 whatever ``ks`` says (a leaderboard shows them)
+        carried = {int(name[1:]) for name in result["metrics"][direction] if re.fullmatch(r"R[1-9][0-9]*", name)}
+        derived = {f"R{k}": 100.0 * sum(1 for r in ranks if r <= k) / n for k in sorted({1, 5, 10, *ks, *carried})}
         for name, field in (("mAP", "average_precision"), ("mINP", "inverse_negative_penalty")):
             values = _per_query_list(per_query, f"{direction}_{field}", source, n, ranks=False)
             derived[name] = 100.0 * math.fsum(values) / n

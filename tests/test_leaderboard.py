@@ -87,7 +87,7 @@ def _build(tmp_path, results, *extra):
 
 def test_runs_are_grouped_and_aggregated(results):
     configs, left_out = load_runs(results[0], skip_invalid=False)
-    assert left_out == {"partial": 1, "invalid": 0}
+    assert left_out == {"partial": 1, "invalid": 0, "duplicate": 0}
     mine = next(c for c in configs if c.method == "mine" and c.dataset == "toy")
     assert len(mine.runs) == 3  # seeds are runs of one configuration
     values = [run["metrics"]["t2i"]["R1"] for run in mine.runs]
@@ -255,3 +255,75 @@ def test_the_build_owns_only_the_files_it_wrote(tmp_path):
     assert main([*args, "--reported", str(tmp_path / "none")]) == 0
     assert not (out / "toy-pedes.md").exists()  # written by the build, no longer generated: removed
     assert (out / "notes.md").read_text() == "mine" and (out / "figure.png").read_bytes() == b"\x89PNG mine"
+
+
+def test_a_forged_r1_is_refused_whatever_ks_says(tmp_path, capsys):
+    path = _random_result(tmp_path)
+    result = json.loads(path.read_text())
+    result["protocol"]["ks"] = [5, 10]
+    result["metrics"]["t2i"]["R1"] = 99.0
+    path.write_text(json.dumps(result))
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")]
+    assert main(args) != 0
+    assert "gives R1" in capsys.readouterr().err
+
+
+def test_the_same_file_twice_is_one_run_and_other_dataset_copies_are_not_pooled(tmp_path):
+    path = _random_result(tmp_path)
+    copy = tmp_path / "results" / "again" / path.name
+    copy.parent.mkdir()
+    copy.write_text(path.read_text())
+    configs, left_out = load_runs(tmp_path / "results", skip_invalid=False)
+    assert len(configs) == 1 and len(configs[0].runs) == 1 and left_out["duplicate"] == 1
+    other = json.loads(path.read_text())
+    other["run_id"] = "other-run"
+    other["dataset"]["annotation_sha256"] = "0" * 64  # another copy of the dataset
+    (copy.parent / "other.json").write_text(json.dumps(other))
+    configs, _ = load_runs(tmp_path / "results", skip_invalid=False)
+    assert len(configs) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("nan", "nan"),
+        ("inf", "inf"),
+        ("1e30", "1e+30"),
+        ("-3.0", "-3.0"),
+        ("true", "True"),
+        ('"high"', "'high'"),
+        ("[1, 2]", "[1, 2]"),
+        ("1979-05-27", "datetime.date(1979, 5, 27)"),
+    ],
+)
+def test_reported_values_are_validated(tmp_path, capsys, value, shown):
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "toy-pedes.toml").write_text(
+        f'[[rows]]\nmethod = "X"\ncitation = "somewhere"\nt2i = {{ R1 = {value} }}\n'
+    )
+    args = ["leaderboard", "build", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "lb")]
+    assert main([*args, "--reported", str(reported)]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "toy-pedes.toml: rows[0]: t2i.R1 = " + shown in errors[0], errors
+
+
+def test_text_from_result_files_cannot_inject_markup_or_formulas(tmp_path):
+    path = _random_result(tmp_path)
+    result = json.loads(path.read_text())
+    result["method"]["arguments"]["label"] = "=HYPERLINK(1)|x\n| fake | row <img src=x onerror=alert(1)>"
+    result["method"]["trained_on"] = "toy-pedes"
+    path.write_text(json.dumps(result))
+    out = tmp_path / "lb"
+    assert main(["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    page = (out / "toy-pedes.md").read_text()
+    row = next(line for line in page.splitlines() if "HYPERLINK" in line)
+    assert "<img" not in page and "&lt;img" in row and "\\| fake \\| row" in row
+    assert not any(line.startswith("| fake") for line in page.splitlines())
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "toy-pedes.toml").write_text('[[rows]]\nmethod = "=SUM(1)"\ncitation = "@x"\nt2i = { R1 = 5.0 }\n')
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(out)]
+    assert main([*args, "--reported", str(reported)]) == 0
+    cells = [cell for line in (out / "toy-pedes.csv").read_text().splitlines() for cell in line.split(",")]
+    assert "'=SUM(1)" in cells and "'@x" in cells and "=SUM(1)" not in cells

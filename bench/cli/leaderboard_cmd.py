@@ -24,6 +24,8 @@ def run(args, argv) -> int:
 
     report = build_leaderboards(args.results, args.out, args.reported, check=args.check, skip_invalid=args.skip_invalid)
     left = f"{report['partial']} partial and {report['invalid']} invalid result files left out"
+    if report.get("duplicate"):
+        left += f"; {report['duplicate']} found twice, counted once"
     if args.check:
         if report["stale"]:
             print(f"stale leaderboard files in {args.out}: {', '.join(report['stale'])}", file=sys.stderr)

@@ -53,7 +53,12 @@ def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) ->
         return frame
     frame["R1_sort"] = -frame["R1"].fillna(-1.0)
     frame = frame.sort_values(["split", "domain", "direction", "R1_sort", "method"], kind="stable")
-    return frame.drop(columns="R1_sort")
+    return frame.drop(columns="R1_sort").map(_spreadsheet_safe)
+
+
+def _spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) gets a leading quote."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") else value
 
 
 def _dataset_page(dataset: str, configs: list[Configuration], reported: list[ReportedRow], out: Path) -> str:

@@ -24,6 +24,9 @@ def _reported_value(row: ReportedRow, direction: str, name: str) -> str:
 
 
 def _escape(text: str) -> str:
+    """A table cell from text other people wrote: one line, no column breaks, no markup, no HTML."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("|", "\\|").replace("*", "\\*")
 
 
@@ -45,13 +48,18 @@ def _our_row(config: Configuration, direction: str, reported: list[ReportedRow])
         None,
     )
     cells.append(f"{r1 - match.metrics[direction]['R1']:+.2f} vs {_escape(match.method)}" if match else "")
-    trained = config.trained_on or "—"
+    trained = _escape(config.trained_on) if config.trained_on else "—"
     if config.selected_on == "test":
         trained += " (selected on test)"
     hashes = config.checkpoints()
     shown = ", ".join(f"`{h}`" for h in hashes) if len(hashes) <= 3 else f"{len(hashes)} checkpoints"
     cells += [str(len(config.runs)), trained, shown or "—"]
-    cells += [config.rerank_in(direction), config.tie_policy, config.versions(), "this project"]
+    cells += [
+        _escape(config.rerank_in(direction)),
+        _escape(config.tie_policy),
+        _escape(config.versions()),
+        "this project",
+    ]
     return r1, "| " + " | ".join(cells) + " |"
 
 
@@ -63,7 +71,7 @@ def _reported_row(row: ReportedRow, direction: str) -> tuple[float, str]:
     ]
     cells += [_reported_value(row, direction, "R1"), "—"]
     cells += [_reported_value(row, direction, name) for name in ("R5", "R10", "mAP", "mINP")]
-    cells += ["", "—", "—", "—", row.rerank, "—", "—", f"*{_escape(row.citation)}*"]
+    cells += ["", "—", "—", "—", _escape(row.rerank), "—", "—", f"*{_escape(row.citation)}*"]
     return row.metrics[direction].get("R1", -1.0), "| " + " | ".join(cells) + " |"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,20 @@ def load_reported(folder: Path) -> dict[str, list[ReportedRow]]:
             if not metrics:
                 raise BenchError(f"{where}: no t2i or i2t numbers")
             for direction, values in metrics.items():
+                if not isinstance(values, dict):
+                    raise BenchError(f"{where}: '{direction}' must be a table of metrics, got {type(values).__name__}")
                 unknown = set(values) - set(METRIC_NAMES)
                 if unknown:
                     raise BenchError(f"{where}: unknown metrics {sorted(unknown)} in {direction}")
+                for name, value in values.items():
+                    number = isinstance(value, int | float) and not isinstance(value, bool)
+                    if not number or not math.isfinite(value) or not 0 <= value <= 100:
+                        raise BenchError(f"{where}: {direction}.{name} = {value!r}; expected a percentage in [0, 100]")
+            for key in ("venue", "rerank", "reproduced_by", "split"):
+                if key in row and not isinstance(row[key], str):
+                    raise BenchError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
+            if not isinstance(row.get("reproduced_with", {}), dict):
+                raise BenchError(f"{where}: 'reproduced_with' must be a table of method arguments")
             rows.append(
                 ReportedRow(
                     method=row["method"],

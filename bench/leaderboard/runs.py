@@ -129,6 +129,7 @@ def _configuration_key(result: dict[str, Any]) -> tuple:
         method.get("trained_on"),
         repr(sorted(extra.items())),
         protocol.get("tie_policy"),
+        result["dataset"].get("annotation_sha256"),  # runs on another copy of the dataset are not pooled
     )
 
 
@@ -158,7 +159,7 @@ def _unsafe_name(result: dict[str, Any]) -> str | None:
 def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration], dict[str, int]]:
     """Complete runs grouped by configuration, and counts of what was left out."""
     files = sorted(p for p in results_dir.rglob("*.json") if p.is_file()) if results_dir.is_dir() else []
-    left_out = {"partial": 0, "invalid": 0}
+    left_out = {"partial": 0, "invalid": 0, "duplicate": 0}
     complete: list[dict[str, Any]] = []
     for path in files:
         try:
@@ -179,6 +180,9 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
             continue
         if result["status"] != "complete" or result["dataset"].get("limit") is not None:
             left_out["partial"] += 1
+            continue
+        if any(run["run_id"] == result["run_id"] for run in complete):  # the same file found twice
+            left_out["duplicate"] += 1
             continue
         complete.append({"key": repr(_configuration_key(result)), "run_id": result["run_id"], "result": result})
     if not complete:
