@@ -201,3 +201,16 @@ def test_trained_on_must_name_a_dataset(tmp_path, capsys):
     args = ["eval", "-m", "irra", "-d", "toy-pedes", "--limit", "8", "--checkpoint", str(IRRA)]
     assert main([*args, "--out", str(tmp_path), "--method-arg", "trained_on=cuhk-pedez"]) == 1
     assert "did you mean 'cuhk-pedes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("ratio", "message"),
+    [(0.0, "a number in (0, 1]"), (-1, "a number in (0, 1]"), (True, "a number"), (1e-6, "selects no token")],
+)
+def test_rde_select_ratio_is_validated_in_one_line(tmp_path, capsys, ratio, message):
+    out = tmp_path / "res"
+    args = ["eval", "-m", "rde", "-d", "toy-pedes", "--limit", "8", "--checkpoint", str(RDE), "--out", str(out)]
+    assert main([*args, "--method-arg", f"select_ratio={json.dumps(ratio)}"]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists() or not list(out.rglob("*.json"))

@@ -74,7 +74,7 @@ class RdeMethod(IrraMethod):
     family = "rde"
 
     def __init__(self, select_ratio: float = 0.3, embedding: str = "both", **kwargs: Any):
-        self._options = {"select_ratio": float(select_ratio), "embedding": embedding}
+        self._options = {"select_ratio": select_ratio, "embedding": embedding}
         super().__init__(**kwargs)
 
     def _family_options(self) -> dict[str, Any]:

@@ -69,8 +69,16 @@ class ClipReidModel(nn.Module):
             raise BenchError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
         if family == "irra" and embedding != "bge":
             raise BenchError("an IRRA model has the global (bge) embedding only; embedding=both|tse needs family rde")
-        if not 0.0 < select_ratio <= 1.0:
-            raise BenchError(f"select_ratio must be in (0, 1]; got {select_ratio}")
+        number = isinstance(select_ratio, int | float) and not isinstance(select_ratio, bool)
+        if not number or not 0.0 < select_ratio <= 1.0:
+            raise BenchError(f"select_ratio must be a number in (0, 1]; got {select_ratio!r}")
+        patches, text_tokens = architecture.grid[0] * architecture.grid[1], architecture.context_length - 2
+        if embedding != "bge" and min(int(patches * select_ratio), int(text_tokens * select_ratio)) < 1:
+            smallest = 1 / min(patches, text_tokens)
+            raise BenchError(
+                f"select_ratio {select_ratio} selects no token of {text_tokens} text or {patches} image tokens; "
+                f"the smallest that selects one is {smallest:.4g}"
+            )
         self.architecture, self.family = architecture, family
         self.select_ratio, self.embedding = float(select_ratio), embedding
         uses_selection = embedding != "bge"
