@@ -54,6 +54,10 @@ SCHEDULE_KEYS = {
 SELECT_CHOICES = ("val", "test", "last")
 
 
+#: what a run leaves in its folder besides ``resume.pt``
+RUN_FILES = ("best", "last", "log.jsonl")
+
+
 @dataclass
 class TrainOptions:
     data_root: str | None = None
@@ -61,6 +65,8 @@ class TrainOptions:
     device: str = "auto"
     amp: str = "none"
     resume: bool = False
+    #: replace a run (best/, last/, log) found in the folder without its resume file
+    overwrite: bool = False
     select_on: str = "val"
     seed: int = 0
     workers: int = 0
@@ -205,6 +211,14 @@ def train(
         print(f"resumed {folder} at epoch {start_epoch}", file=sys.stderr)
     elif resume_file.exists():
         raise BenchError(f"{folder} already holds a training run; pass --resume to continue it or use another --out")
+    elif not options.overwrite and any((folder / name).exists() for name in RUN_FILES):
+        found = ", ".join(name for name in RUN_FILES if (folder / name).exists())
+        raise BenchError(
+            f"{folder} holds a finished or partial run ({found}) without its resume file; pass another --out, "
+            "or --overwrite to replace it"
+        )
+    elif options.overwrite and world.is_main:
+        (folder / "log.jsonl").unlink(missing_ok=True)  # best/ and last/ are replaced whole by the run
     broadcast_state(method.network, world)
     record_base = {
         "dataset": dataset_name,

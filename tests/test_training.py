@@ -141,3 +141,22 @@ def test_dataset_without_val_split_suggests_a_selection(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "has no 'val' split" in err and "--select-on last" in err
+
+
+def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
+    run = out / "nafs-tiny" / "toy-pedes" / "seed0"
+    (run / "resume.pt").unlink()  # a finished run copied without it, or a crash before it was written
+    before = _weights(run / "best")
+    log_before = (run / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main([*SMOKE, "--epochs", "1", "--out", str(out), "--method-arg", "config=nafs-tiny"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a finished or partial run (best, last, log.jsonl) without its resume file" in error
+    assert "--overwrite" in error
+    after = _weights(run / "best")
+    assert all(bool((before[k] == after[k]).all()) for k in before)
+    assert (run / "log.jsonl").read_text() == log_before
+    assert main([*SMOKE, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to

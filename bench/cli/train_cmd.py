@@ -17,6 +17,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--amp", default="none", choices=["bf16", "fp16", "none"])
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace a run found in the output folder without its resume file"
+    )
+    parser.add_argument(
         "--select-on",
         default="val",
         choices=["val", "test", "last"],
@@ -57,6 +60,7 @@ def run(args, argv) -> int:
         device=device,
         amp=args.amp,
         resume=args.resume,
+        overwrite=args.overwrite,
         select_on=args.select_on,
         seed=args.seed,
         workers=args.workers,
