@@ -58,7 +58,7 @@ def read_image(split: EvalSplit, index: int, transform: Callable[[Any], torch.Te
     try:
         with Image.open(path) as image:
             return transform(to_rgb(image))
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise BenchError(f"cannot read image {split.image_paths[index]} (index {index}): {exc}") from exc
 
 

@@ -176,8 +176,8 @@ def _inspect_image(task: tuple[Path, str, bool]) -> tuple[str, str]:
             if not quick:
                 image.load()
             mode = image.mode
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return path, "unreadable"
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return path, "unreadable"  # a decompression bomb (too many pixels to decode safely) included
     if mode in SIXTEEN_BIT_MODES:
         return path, "16-bit"
     return path, "grayscale" if mode in GRAYSCALE_MODES else "ok"

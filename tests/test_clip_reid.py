@@ -214,3 +214,12 @@ def test_rde_select_ratio_is_validated_in_one_line(tmp_path, capsys, ratio, mess
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path):
+    stored = torch.load(IRRA, weights_only=True)
+    key = next(k for k, v in stored["model"].items() if v.is_floating_point() and v.dim() == 2)
+    stored["model"][key] = stored["model"][key].to(torch.int8)
+    torch.save(stored, tmp_path / "int8.pth")
+    with pytest.raises(BenchError, match=f"'{key.removeprefix('module.')}' is torch.int8; expected floating-point"):
+        load_checkpoint(tmp_path / "int8.pth", family="irra")

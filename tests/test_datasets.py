@@ -283,3 +283,22 @@ def test_long_ufine3c_captions_are_kept_whole_and_truncation_is_counted(tmp_path
     random_args = ["eval", "-m", "random", "-d", "ufine3c", "--data-root", str(tmp_path), "--out", str(out / "r")]
     assert main(random_args) == 0
     assert load_result(next((out / "r").rglob("*_test.json")))["protocol"]["truncated_captions"] is None
+
+
+def test_a_decompression_bomb_is_a_named_image_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """An image with more pixels than Pillow decodes safely: `data check` lists it as unreadable and an
+    evaluation stops on it in one line naming the file."""
+    from PIL import Image
+
+    from tbps_datasets.check import _inspect_image
+
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100 x 100 is then over twice the limit
+    assert _inspect_image((tmp_path, "big.png", False)) == ("big.png", "unreadable")
+    folder = Path(__file__).parent / "fixtures" / "rasa_reference"
+    out = tmp_path / "res"
+    args = ["eval", "-m", "rasa", "-d", "cuhk-pedes", "--data-root", str(folder), "--out", str(out), "--no-cache"]
+    assert main([*args, "--checkpoint", str(folder / "rasa_checkpoint.pth")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "cannot read image synthetic/" in errors[0] and "exceeds limit" in errors[0], errors
+    assert not out.exists() or not list(out.rglob("*.json"))

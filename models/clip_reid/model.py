@@ -40,7 +40,11 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         found = sorted(stored)[:6] if isinstance(stored, dict) else type(stored).__name__
         hint = " (a NAFS release checkpoint: use -m nafs)" if isinstance(stored, dict) and "network" in stored else ""
         raise BenchError(f"checkpoint {path} is not IRRA-format: expected a dict with 'model', found {found}{hint}")
-    return {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
+    for key, value in state.items():
+        if not value.is_floating_point() and not key.endswith("position_ids"):
+            raise BenchError(f"{path}: '{key}' is {value.dtype}; expected floating-point weights (refused, not cast)")
+    return state
 
 
 def _head_state(state: dict[str, torch.Tensor], prefix: str, direct: str) -> dict[str, torch.Tensor]:
