@@ -40,11 +40,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         found = sorted(stored)[:6] if isinstance(stored, dict) else type(stored).__name__
         hint = " (a NAFS release checkpoint: use -m nafs)" if isinstance(stored, dict) and "network" in stored else ""
         raise BenchError(f"checkpoint {path} is not IRRA-format: expected a dict with 'model', found {found}{hint}")
-    state = {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
-    for key, value in state.items():
-        if not value.is_floating_point() and not key.endswith("position_ids"):
-            raise BenchError(f"{path}: '{key}' is {value.dtype}; expected floating-point weights (refused, not cast)")
-    return state
+    return {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
 
 
 def _head_state(state: dict[str, torch.Tensor], prefix: str, direct: str) -> dict[str, torch.Tensor]:
@@ -174,6 +170,11 @@ def load_checkpoint(
         other = described(state)
         hint = f" (it is {other})" if other else ""
         raise BenchError(f"{source} has no '{CLIP_PREFIX}*' CLIP weights; expected an IRRA-format state dict{hint}")
+    used = (CLIP_PREFIX, *(prefix for prefix, _ in RDE_HEADS.values()))
+    for key, value in state.items():
+        counters = ("position_ids", "num_batches_tracked")  # integer buffers, not weights
+        if key.startswith(used) and not value.is_floating_point() and not key.endswith(counters):
+            raise BenchError(f"{source}: '{key}' is {value.dtype}; expected floating-point weights (refused, not cast)")
     family = _family(state, family, source)
     embedding = embedding or ("both" if family == "rde" else "bge")
     architecture = infer_architecture(clip_state, source)
