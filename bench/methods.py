@@ -218,7 +218,8 @@ class ShortlistMethod(Method):
     its k texts of highest first-stage score), which the results label as such.
 
     Options: ``k`` (shortlist size: the checkpoint's stored value, else ``default_k``), ``fill``
-    (``authors`` or ``first-stage``)."""
+    (``authors`` or ``first-stage``); they are recorded in ``protocol()``, not among the arguments, so
+    changing them reuses the cached features."""
 
     #: the value of every non-shortlisted entry under ``FillRule.AUTHORS``
     fill_value: float = -100.0
@@ -239,11 +240,6 @@ class ShortlistMethod(Method):
         """The shortlist size a checkpoint's own config stores, unless the user gave ``k``."""
         if self._requested_k is None and k is not None:
             self.shortlist = Shortlist.parse(k, self.shortlist.fill.value, self.fill_value)
-
-    def arguments(self) -> dict[str, Any]:
-        """The method's own arguments; ``k`` and ``fill`` are recorded in ``protocol()`` (scoring
-        choices: changing them reuses the cached features)."""
-        return {key: value for key, value in super().arguments().items() if key not in ("k", "fill")}
 
     def protocol(self) -> dict[str, Any]:
         return {

@@ -34,6 +34,9 @@ class DirectionShortlist:
 
     index: torch.Tensor  # (queries, k) int64 gallery indices
     k: int
+    #: the smallest and largest first-stage score of the whole matrix (what a fusion normalises by)
+    first_stage_min: float
+    first_stage_max: float
 
 
 def _chunks(total: int, width: int) -> Iterator[slice]:
@@ -49,12 +52,14 @@ def first_stage(queries: torch.Tensor, gallery: torch.Tensor, rows: slice) -> to
 
 def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> DirectionShortlist:
     """Each query's k gallery items of highest first-stage score, ties broken by gallery index (a
-    stable descending sort, so the shortlist never depends on the sort's implementation)."""
-    parts = []
+    stable descending sort, so the shortlist never depends on the sort's implementation), and the
+    range of the first-stage scores, taken in the same pass."""
+    parts, low, high = [], float("inf"), float("-inf")
     for rows in _chunks(len(queries), len(gallery)):
-        order = torch.sort(first_stage(queries, gallery, rows), dim=1, descending=True, stable=True).indices
-        parts.append(order[:, :k].cpu())
-    return DirectionShortlist(torch.cat(parts), k)
+        block = first_stage(queries, gallery, rows)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+        parts.append(torch.sort(block, dim=1, descending=True, stable=True).indices[:, :k].cpu())
+    return DirectionShortlist(torch.cat(parts), k, low, high)
 
 
 def pair_keys(t2i: DirectionShortlist, i2t: DirectionShortlist, n_texts: int) -> torch.Tensor:
@@ -136,15 +141,6 @@ def final_rows(
     return block.scatter_(1, index.gather(1, order), ceiling + ordinal)
 
 
-def first_stage_range(queries: torch.Tensor, gallery: torch.Tensor) -> tuple[float, float]:
-    """The smallest and largest first-stage score of the whole matrix, a chunk at a time."""
-    low, high = float("inf"), float("-inf")
-    for rows in _chunks(len(queries), len(gallery)):
-        block = first_stage(queries, gallery, rows)
-        low, high = min(low, float(block.min())), max(high, float(block.max()))
-    return low, high
-
-
 def _rank(
     method: ShortlistMethod,
     shortlist: DirectionShortlist,
@@ -158,10 +154,8 @@ def _rank(
     protocol = method.shortlist
     fused = type(method).final_rows is not ShortlistMethod.final_rows
     reads_first_stage = fused or protocol.fill is FillRule.FIRST_STAGE
-    scores = None
-    if fused:
-        low, high = first_stage_range(queries, gallery)
-        scores = ShortlistScores(direction, shortlist.index, second, len(gallery), low, high)
+    low, high = shortlist.first_stage_min, shortlist.first_stage_max
+    scores = ShortlistScores(direction, shortlist.index, second, len(gallery), low, high) if fused else None
 
     def blocks():
         for rows in _chunks(len(queries), len(gallery)):
