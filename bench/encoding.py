@@ -97,7 +97,7 @@ def encode_images(
         with autocast(method.device, amp):
             features = as_features(method.encode_images(batch))
         check_features(features, len(batch["index"]), who)
-        parts.append(stored(features, storage))
+        parts.append(stored(features, storage, who))
     return concat_features(parts)
 
 
@@ -127,7 +127,7 @@ def encode_texts(
         with autocast(method.device, amp):
             features = as_features(method.encode_texts(batch))
         check_features(features, len(captions), who)
-        parts.append(stored(features, storage))
+        parts.append(stored(features, storage, who))
     return concat_features(parts)
 
 

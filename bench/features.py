@@ -21,6 +21,8 @@ Features = dict[str, torch.Tensor]
 PACKED = ":packed"
 #: per-item row counts of the packed keys (int64, one row per item)
 PACKED_LENGTHS = "packed_lengths"
+#: suffix of the per-row scale of a feature stored in float16 (see ``stored``)
+SCALE = "@scale"
 #: ``--feature-dtype``: precision of stored floating-point features (cache and memory)
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -107,16 +109,91 @@ def check_features(features: Features, count: int, who: str) -> None:
                 )
 
 
-def stored(features: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Features:
-    """Features as kept between encoding and scoring: on the CPU, floating point in ``dtype``."""
+#: what the stored values may differ from the encoder's, relative to each item's norm (a few units
+#: in the last place of the storage type: rounding, never a lost range)
+STORAGE_TOLERANCE = {torch.float16: 2.0**-8, torch.bfloat16: 2.0**-5, torch.float32: 2.0**-20}
+#: float16's largest power of two below its maximum (65504): each item's largest entry is scaled
+#: just below it, so the item's whole dynamic range stays above float16's smallest normal number
+_FLOAT16_TOP_EXPONENT = 15
 
-    def convert(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()
 
-    return {k: convert(v) for k, v in features.items()}
+def scale_key(key: str) -> str:
+    """The key of the per-row scale kept beside a float16 feature (packed when the feature is)."""
+    return key[: -len(PACKED)] + SCALE + PACKED if is_packed(key) else key + SCALE
+
+
+def _is_scale(key: str) -> bool:
+    return key.endswith(SCALE) or key.endswith(SCALE + PACKED)
+
+
+def _stored_tensor(
+    key: str, tensor: torch.Tensor, dtype: torch.dtype, who: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``tensor`` in ``dtype`` (and, for float16, the per-row power-of-two scale it was divided by),
+    refused in one line when the stored rows are not the encoder's rows up to rounding."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == dtype or tensor.shape[0] == 0 or tensor[0].numel() == 0:
+        return tensor.to(dtype), None
+    wide = tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    rows = wide.reshape(len(wide), -1)
+    largest = rows.abs().amax(1)
+    exponent = torch.frexp(largest).exponent.to(torch.int64)
+    scale = None
+    restored_rows = None
+    if dtype == torch.float16:  # powers of two: exact to apply and to undo, in float32
+        power = (exponent - _FLOAT16_TOP_EXPONENT).clamp(-126, 127).to(torch.float32)
+        scale = torch.exp2(power)
+        value = (rows / scale.to(rows.dtype)[:, None]).to(dtype)
+        restored_rows = value.to(rows.dtype) * scale.to(rows.dtype)[:, None]
+    else:
+        value = rows.to(dtype)
+        restored_rows = value.to(rows.dtype)
+    # compared in units of each row's largest entry, where nothing over- or underflows
+    unit = torch.exp2(-exponent.clamp(-1000, 1000).to(rows.dtype))[:, None]
+    error = ((restored_rows - rows) * unit).norm(dim=1)
+    size = (rows * unit).norm(dim=1)
+    bad = ~torch.isfinite(restored_rows).all(1) | (error > STORAGE_TOLERANCE[dtype] * size)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0])
+        raise BenchError(
+            f"{who} returned features for '{key}' that {dtype} storage cannot hold faithfully ({int(bad.sum())} rows, "
+            f"first at row {row}, largest entry {float(largest[row]):.3g}); use --feature-dtype fp32"
+        )
+    return value.reshape(tensor.shape), scale
+
+
+def stored(features: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32, who: str = "encoder") -> Features:
+    """Features as kept between encoding and scoring: on the CPU, floating point in ``dtype``.
+
+    float16 cannot hold small or large raw values (below 6e-5 they lose precision, above 65504 they
+    are infinite), so each item is divided by a power of two that brings its largest entry just
+    under float16's maximum, and the scale is kept under ``scale_key(key)``; ``in_float32`` undoes it
+    exactly. Every cast is checked: stored rows equal the encoder's up to rounding, or one line."""
+    out: Features = {}
+    for key, value in features.items():
+        if not value.is_floating_point():
+            out[key] = value.detach().cpu()
+            continue
+        out[key], scale = _stored_tensor(key, value, dtype, who)
+        if scale is not None:
+            out[scale_key(key)] = scale
+    return out
 
 
 def in_float32(features: Mapping[str, torch.Tensor], device: torch.device | None = None) -> Features:
     """Features as methods receive them: floating point in fp32 whatever the storage precision, so
-    that a plugin never sees bf16 it did not ask for (converted block by block, not all at once)."""
-    return {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in features.items()}
+    that a plugin never sees bf16 it did not ask for (converted block by block, not all at once);
+    float16 rows multiplied back by their stored scale (exact: a power of two)."""
+    out: Features = {}
+    for key, value in features.items():
+        if _is_scale(key):
+            continue
+        if not value.is_floating_point():
+            out[key] = value.to(device)
+            continue
+        value = value.to(device, torch.float32)
+        scale = features.get(scale_key(key))
+        if scale is not None:
+            value = value * scale.to(device).reshape(-1, *[1] * (value.dim() - 1))
+        out[key] = value
+    return out

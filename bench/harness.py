@@ -38,6 +38,7 @@ from tbps_bench.metrics import (
     evaluate_scored_once,
     evaluate_scores,
     evaluate_sharded,
+    unit_rows,
 )
 from tbps_bench.provenance import provenance
 from tbps_bench.registry import METHODS
@@ -198,7 +199,8 @@ def encode_split(
         "limit": split.limit,
         "preprocessing": method.preprocessing(),
         "amp": options.amp,
-        "feature_dtype": options.feature_dtype,
+        # fp16 entries hold row-scaled values since the scale was introduced: older ones are not served
+        "feature_dtype": "fp16-row-scaled" if options.feature_dtype == "fp16" else options.feature_dtype,
     }
     storage = STORAGE_DTYPES[options.feature_dtype]
     unit = shard_unit(options)
@@ -320,8 +322,7 @@ def _embeddings(method: Method, texts: Shard, images: Shard) -> tuple[torch.Tens
             f"method '{method.name}' returned image features {tuple(image.shape)} and text "
             f"features {tuple(text.shape)}; expected (n, d) with the same d"
         )
-    unit = torch.nn.functional.normalize
-    return unit(text.float(), dim=1).to(method.device), unit(image.float(), dim=1).to(method.device)
+    return unit_rows(text).to(method.device), unit_rows(image).to(method.device)
 
 
 def _evaluate_pairwise(

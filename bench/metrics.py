@@ -66,6 +66,25 @@ class RetrievalResult:
 # --------------------------------------------------------------------------- validation
 
 
+def unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length, in float32. Each row is first multiplied by the power of two that
+    brings its largest entry into [0.5, 1): exact, so an ordinary row gets the bits plain
+    ``normalize`` gives it, while rows far below or above float32's comfortable range neither
+    underflow nor overflow when squared (a cosine does not depend on a row's scale)."""
+    if embeddings.dtype != torch.float64:  # float64 is scaled before it narrows
+        embeddings = embeddings.float()
+    if embeddings.numel() == 0:
+        return embeddings.float()
+    exponent = torch.frexp(embeddings.abs().amax(1, keepdim=True)).exponent
+    return torch.nn.functional.normalize(torch.ldexp(embeddings, -exponent), dim=1).float()
+
+
+def _ranked_dtype(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as the kernel compares them: float64 stays float64 (float32 would turn distinct
+    scores into ties and huge values into infinities); narrower types widen to float32, exactly."""
+    return scores if scores.dtype == torch.float64 else scores.to(torch.float32)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if tensor.numel() == 0:
         raise BenchError(f"{name} is empty (shape {tuple(tensor.shape)}); expected at least one row")
@@ -459,9 +478,9 @@ def evaluate_scores(
     n_text, n_image = sim.shape
     tid = _as_ids("text_ids", text_ids, n_text, "texts (similarity rows)")
     iid = _as_ids("image_ids", image_ids, n_image, "images (similarity columns)")
-    sim = sim.to(torch.float32)
-    t_rows = _rows_per_chunk(n_image, chunk_bytes)
-    i_rows = _rows_per_chunk(n_text, chunk_bytes)
+    sim = _ranked_dtype(sim)
+    t_rows = _rows_per_chunk(n_image, chunk_bytes, sim.element_size())
+    i_rows = _rows_per_chunk(n_text, chunk_bytes, sim.element_size())
     t2i = _direction(
         ((r, sim[r]) for r in _chunked(n_text, t_rows)), tid, iid, ks, skip_queries_without_positives, "t2i"
     )
@@ -491,7 +510,7 @@ def evaluate_direction(
     def checked() -> Iterator[tuple[slice, torch.Tensor]]:
         for rows, block in blocks:
             _check_finite(f"{direction} scores", block)
-            yield rows, block.to(torch.float32)
+            yield rows, _ranked_dtype(block)
 
     return _direction(checked(), query_ids, gallery_ids, ks, skip_queries_without_positives, direction)
 
@@ -538,10 +557,11 @@ def _checked_embeddings(text_embeddings, image_embeddings, normalize: bool) -> t
             f"embedding sizes differ: text_embeddings has dim {text.shape[1]}, "
             f"image_embeddings has dim {image.shape[1]}"
         )
-    text, image = text.to(torch.float32), image.to(torch.float32)
     if normalize:
-        text = torch.nn.functional.normalize(text, dim=1)
-        image = torch.nn.functional.normalize(image, dim=1)
+        text, image = unit_rows(text), unit_rows(image)
+    text, image = text.to(torch.float32), image.to(torch.float32)
+    for name, emb in (("text_embeddings", text), ("image_embeddings", image)):
+        _check_finite(f"{name} in float32", emb)
     return text, image
 
 

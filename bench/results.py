@@ -26,6 +26,7 @@ PER_QUERY_FIELDS = {
 #: recomputed metrics must match the stored ones this closely (percent)
 CONSISTENCY_TOLERANCE = 1e-6
 _QUERIES = {"t2i": "captions", "i2t": "images"}
+_GALLERY = {"t2i": "images", "i2t": "captions"}
 _REQUIRED = {
     "schema_version": int,
     "run_id": str,
@@ -126,7 +127,13 @@ def validate_result(result: Any, source: str) -> None:
     _check_per_query(result, source)
 
 
-def _per_query_list(per_query: dict[str, Any], key: str, source: str, count: int | None, ranks: bool) -> list:
+#: ranks beyond this cannot be told apart as floats (and no gallery is that large)
+LARGEST_RANK = 2**53
+
+
+def _per_query_list(
+    per_query: dict[str, Any], key: str, source: str, count: int | None, ranks: bool, gallery: int | None = None
+) -> list:
     values = per_query.get(key)
     where = f"{source}: field 'per_query.{key}'"
     if not isinstance(values, list) or not values:
@@ -136,6 +143,10 @@ def _per_query_list(per_query: dict[str, Any], key: str, source: str, count: int
     if ranks:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
             raise BenchError(f"{where} must hold integer ranks >= 1")
+        largest = gallery if gallery is not None else LARGEST_RANK
+        if max(values) > largest:
+            what = f"the gallery's {gallery} items" if gallery is not None else f"{LARGEST_RANK}"
+            raise BenchError(f"{where} holds a rank of {len(str(max(values)))} digits, beyond {what}")
     elif not all(isinstance(v, int | float) and math.isfinite(v) and 0 <= v <= 1 for v in values):
         raise BenchError(f"{where} must hold values in [0, 1]")
     return values
@@ -153,7 +164,9 @@ def _check_per_query(result: dict[str, Any], source: str) -> None:
     for direction, queries in _QUERIES.items():
         count = counts.get(queries)
         count = count - int(skipped.get(direction) or 0) if isinstance(count, int) else None
-        ranks = _per_query_list(per_query, f"{direction}_first_hit_rank", source, count, ranks=True)
+        gallery = counts.get(_GALLERY[direction])
+        gallery = gallery if isinstance(gallery, int) and not isinstance(gallery, bool) and gallery > 0 else None
+        ranks = _per_query_list(per_query, f"{direction}_first_hit_rank", source, count, ranks=True, gallery=gallery)
         n = len(ranks)
         # every R@K the file carries, and R@1, R@5, R@10 whatever ``ks`` says (a leaderboard shows them)
         carried = {int(name[1:]) for name in result["metrics"][direction] if re.fullmatch(r"R[1-9][0-9]*", name)}

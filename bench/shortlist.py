@@ -20,7 +20,7 @@ from tbps_bench.encoding import autocast, progress
 from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, feature_count, feature_rows, in_float32
 from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod, ShortlistScores
-from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction
+from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction, unit_rows
 
 #: pairs per second-stage forward pass unless the caller says otherwise
 PAIR_BATCH = 256
@@ -174,7 +174,7 @@ def _unit_embeddings(method: ShortlistMethod, features: Features, what: str) -> 
     embedding = features[EMBEDDING]
     if embedding.dim() != 2:
         raise BenchError(f"method '{method.name}' {what} '{EMBEDDING}' is {tuple(embedding.shape)}; expected (n, d)")
-    return torch.nn.functional.normalize(embedding.float(), dim=1).to(method.device)
+    return unit_rows(embedding).to(method.device)
 
 
 def evaluate_shortlisted(

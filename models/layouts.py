@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 #: how each method's authors write its name
-DISPLAY = {"rasa": "RaSa", "mars": "MARS", "aptm": "APTM", "irra": "IRRA", "rde": "RDE"}
+DISPLAY = {
+    "rasa": "RaSa",
+    "mars": "MARS",
+    "aptm": "APTM",
+    "irra": "IRRA",
+    "rde": "RDE",
+    "plot": "PLOT",
+    "tbps-clip": "TBPS-CLIP",
+}
 
 
 def identify(keys: Iterable[str]) -> str | None:
@@ -18,6 +26,10 @@ def identify(keys: Iterable[str]) -> str | None:
     if has("text_encoder.bert.") and has("visual_encoder."):
         layer0_cross = has("text_encoder.bert.encoder.layer.0.crossattention.")
         return "mars" if layer0_cross or has("visual_decoder.") else "rasa"
+    if has("base_model.") and (has("slot_attention.") or has("slots")):
+        return "plot"
+    if has("encode_text.") and has("visual."):
+        return "tbps-clip"
     if has("base_model."):
         return "rde" if has("visul_emb_layer.") and has("texual_emb_layer.") else "irra"
     return None

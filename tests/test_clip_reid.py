@@ -44,7 +44,7 @@ def test_tokens_equal_the_authors(name, path):
 
 def test_long_captions_keep_77_tokens_and_end_with_the_end_token():
     model = load_checkpoint(IRRA, family="irra")
-    from tbps_models.clip_reid.tokenizer import tokenize
+    from tbps_models.clip_towers.tokenizer import tokenize
 
     tokens = tokenize(["a woman in a long red coat " * 20, "she is walking"])
     assert tokens["truncated"].tolist() == [True, False]
@@ -223,3 +223,30 @@ def test_integer_weights_are_refused_not_cast(tmp_path):
     torch.save(stored, tmp_path / "int8.pth")
     with pytest.raises(BenchError, match=f"'{key.removeprefix('module.')}' is torch.int8; expected floating-point"):
         load_checkpoint(tmp_path / "int8.pth", family="irra")
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "message"),
+    [
+        (IRRA, lambda m: m.pop("base_model.transformer.resblocks.1.ln_2.weight"), "CLIP weights missing: "),
+        (
+            IRRA,
+            lambda m: m.__setitem__("base_model.transformer.resblocks.0.attn.lora_B.weight", torch.zeros(2)),
+            "unknown entries inside the CLIP towers: 'base_model.transformer.resblocks.0.attn.lora_B.weight'",
+        ),
+        (IRRA, lambda m: m.__setitem__("base_model.prompt.ctx", torch.zeros(4, 8)), "'base_model.prompt.ctx'"),
+        (IRRA, lambda m: m.__setitem__("adapter.down.weight", torch.zeros(2)), r"modules IRRA does not have: adapter"),
+        (RDE, lambda m: m.__setitem__("visul_emb_layer.lora.weight", torch.zeros(2)), "inside visul_emb_layer"),
+        (RDE, lambda m: m.pop("texual_emb_layer.mlp.layers.1.bias"), "missing out.bias"),
+    ],
+)
+def test_the_loader_names_what_is_missing_or_unknown_and_drops_nothing(tmp_path, path, change, message):
+    """A missing weight is named as missing (the file's own name), an entry inside the towers that
+    CLIP does not have is named as unknown, and a module beside them is refused, not dropped."""
+    stored = torch.load(path, weights_only=True)
+    change(stored["model"])
+    with pytest.raises(BenchError, match=message) as raised:
+        load_checkpoint(_save(tmp_path / "changed.pth", stored), family="auto")
+    if "missing" in message and path == IRRA:
+        assert "'base_model.transformer.resblocks.1.ln_2.weight'" in str(raised.value)
+        assert "unexpected" not in str(raised.value)

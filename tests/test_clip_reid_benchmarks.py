@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tbps_models.clip_reid.architecture import ClipArchitecture
 from tbps_models.clip_reid.model import ClipReidModel
+from tbps_models.clip_towers.architecture import ClipArchitecture
 
 BATCH = 64
 VIT_B16 = ClipArchitecture(

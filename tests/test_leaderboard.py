@@ -268,6 +268,42 @@ def test_a_forged_r1_is_refused_whatever_ks_says(tmp_path, capsys):
     assert "gives R1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", [10**400, 10**6])
+def test_a_rank_beyond_the_gallery_is_one_line(tmp_path, capsys, rank):
+    """A first-hit rank too large for a float, or larger than the gallery, names the field."""
+    path = _random_result(tmp_path)
+    result = json.loads(path.read_text())
+    result["per_query"]["i2t_first_hit_rank"][0] = rank
+    path.write_text(json.dumps(result))
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")]
+    assert main(args) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "'per_query.i2t_first_hit_rank' holds a rank of" in errors[0]
+    assert not (tmp_path / "lb").exists()
+
+
+def test_runs_of_one_configuration_with_other_query_counts_are_named(tmp_path, capsys):
+    path = _random_result(tmp_path)
+    other = json.loads(path.read_text())
+    other["run_id"] = "other-run"
+    for direction, queries in (("t2i", "captions"), ("i2t", "images")):
+        for field in ("first_hit_rank", "average_precision", "inverse_negative_penalty"):
+            other["per_query"][f"{direction}_{field}"] = other["per_query"][f"{direction}_{field}"][:-1]
+        other["dataset"]["counts"][queries] -= 1
+    for direction in ("t2i", "i2t"):
+        n = len(other["per_query"][f"{direction}_first_hit_rank"])
+        ranks = other["per_query"][f"{direction}_first_hit_rank"]
+        for k in (1, 5, 10):
+            other["metrics"][direction][f"R{k}"] = 100.0 * sum(r <= k for r in ranks) / n
+        for name, field in (("mAP", "average_precision"), ("mINP", "inverse_negative_penalty")):
+            other["metrics"][direction][name] = 100.0 * math.fsum(other["per_query"][f"{direction}_{field}"]) / n
+    (path.parent / "other.json").write_text(json.dumps(other))
+    args = ["leaderboard", "build", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")]
+    assert main(args) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "runs of one configuration rank" in errors[0] and "other.json" in errors[0]
+
+
 def test_the_same_file_twice_is_one_run_and_other_dataset_copies_are_not_pooled(tmp_path):
     path = _random_result(tmp_path)
     copy = tmp_path / "results" / "again" / path.name

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from tbps_bench.cli import main
 from tbps_bench.harness import load_eval_split
 from tbps_bench.registry import METHODS
 from tbps_bench.results import load_result
+
+from reference_metrics import brute_force
 
 LIMIT = 24
 
@@ -36,23 +40,36 @@ def _oracle_scores(path: Path) -> Path:
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _tiny_arguments(tmp_path: Path) -> dict[str, list[str]]:
+def _plot_checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "plot.pth"
+    path.write_bytes(lzma.decompress((FIXTURES / "plot_reference" / "plot_checkpoint.pth.xz").read_bytes()))
+    return path
+
+
+def _tiny_arguments(tmp_path: Path) -> dict[str, Callable[[], list[str]]]:
     """Command-line arguments that make each registered method small (``--method-arg`` values, or
-    ``--checkpoint``); a new method must add itself here."""
+    ``--checkpoint``), made when asked for; a new method must add itself here."""
     return {
-        "random": [],
-        "oracle": [],
-        "nafs": ["config=nafs-tiny"],
-        "nafs-tiny": [],
-        "frozen-linear": ["dim=32"],
-        "precomputed": [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
-        "clip": [f"model={write_tiny_clip(tmp_path / 'clip')}", "image_height=64", "image_width=32"],
-        "cmpm-cmpc": ["trunk=resnet18", "image_height=64", "image_width=32"],
-        "irra": ["--checkpoint", str(FIXTURES / "irra_reference" / "irra_checkpoint.pth")],
-        "rde": ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
-        "rasa": ["--checkpoint", str(FIXTURES / "rasa_reference" / "rasa_checkpoint.pth"), "k=3"],
-        "mars": ["--checkpoint", str(FIXTURES / "mars_reference" / "mars_checkpoint.pth"), "k=3"],
-        "aptm": ["--checkpoint", str(FIXTURES / "aptm_reference" / "aptm_checkpoint.pth"), "k=3", "stats=cuhk-pedes"],
+        "random": lambda: [],
+        "oracle": lambda: [],
+        "nafs": lambda: ["config=nafs-tiny"],
+        "nafs-tiny": lambda: [],
+        "frozen-linear": lambda: ["dim=32"],
+        "precomputed": lambda: [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
+        "clip": lambda: [f"model={write_tiny_clip(tmp_path / 'clip')}", "image_height=64", "image_width=32"],
+        "cmpm-cmpc": lambda: ["trunk=resnet18", "image_height=64", "image_width=32"],
+        "irra": lambda: ["--checkpoint", str(FIXTURES / "irra_reference" / "irra_checkpoint.pth")],
+        "rde": lambda: ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
+        "rasa": lambda: ["--checkpoint", str(FIXTURES / "rasa_reference" / "rasa_checkpoint.pth"), "k=3"],
+        "mars": lambda: ["--checkpoint", str(FIXTURES / "mars_reference" / "mars_checkpoint.pth"), "k=3"],
+        "plot": lambda: ["--checkpoint", str(_plot_checkpoint(tmp_path))],
+        "tbps-clip": lambda: ["--checkpoint", str(FIXTURES / "tbps_clip_reference" / "tbps_clip_checkpoint.pth")],
+        "aptm": lambda: [
+            "--checkpoint",
+            str(FIXTURES / "aptm_reference" / "aptm_checkpoint.pth"),
+            "k=3",
+            "stats=cuhk-pedes",
+        ],
     }
 
 
@@ -62,7 +79,7 @@ def test_every_registered_method_evaluates_at_tiny_size(name, tmp_path):
     assert name in arguments, f"add tiny smoke arguments for the new method '{name}'"
     args = ["eval", "-m", name, "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(tmp_path / "res")]
     args += ["--device", "cpu"]
-    values = iter(arguments[name])
+    values = iter(arguments[name]())
     for value in values:
         args += [value, next(values)] if value.startswith("--") else ["--method-arg", value]
     assert main(args) == 0
@@ -96,6 +113,56 @@ def test_precomputed_scores_and_embeddings(tmp_path):
     out2 = tmp_path / "res2"
     assert main([*base[:-1], str(out2), "--method-arg", f"file={embeddings}"]) == 0
     assert load_result(next(out2.rglob("*.json")))["metrics"]["t2i"]["R1"] == 100.0
+
+
+def _first_hits(out: Path) -> dict:
+    return load_result(next(out.rglob("*.json")))["per_query"]
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_precomputed_float64_is_ranked_as_given(tmp_path, scale):
+    """float64 scores closer than float32 resolves, and float64 embeddings beyond float32's range,
+    give the ranks of the float64 values: never ties or infinities made by a cast."""
+    split = _toy_test_split()
+    generator = torch.Generator().manual_seed(1)
+    n_texts, n_images = len(split.caption_pids), len(split.image_pids)
+    base = ["eval", "-m", "precomputed", "-d", "toy-pedes", "--limit", str(LIMIT), "--no-cache"]
+    close = 0.5 + 1e-12 * torch.randn(n_texts, n_images, generator=generator, dtype=torch.float64)
+    scores = tmp_path / "close.npz"
+    np.savez(scores, similarity=close.numpy(), text_ids=split.caption_pids.numpy(), image_ids=split.image_pids.numpy())
+    assert main([*base, "--out", str(tmp_path / "s"), "--method-arg", f"file={scores}"]) == 0
+    expected = brute_force(close, split.caption_pids, split.image_pids)["first"]
+    assert _first_hits(tmp_path / "s")["t2i_first_hit_rank"] == expected
+
+    embeddings = {
+        "text_embeddings": torch.randn(n_texts, 8, generator=generator, dtype=torch.float64),
+        "image_embeddings": torch.randn(n_images, 8, generator=generator, dtype=torch.float64),
+    }
+    for dtype, factor, out in ((torch.float32, 1.0, "plain"), (torch.float64, scale, "scaled")):
+        file = tmp_path / f"{out}.safetensors"
+        rows = {key: (value * factor).to(dtype) for key, value in embeddings.items()}
+        save_file({**rows, "text_ids": split.caption_pids, "image_ids": split.image_pids}, str(file))
+        assert main([*base, "--out", str(tmp_path / out), "--method-arg", f"file={file}"]) == 0
+    assert _first_hits(tmp_path / "plain") == _first_hits(tmp_path / "scaled")
+
+
+@pytest.mark.parametrize("power", [-100, 100])
+def test_half_precision_feature_storage_gives_the_fp32_ranks(tmp_path, power):
+    """Embeddings far below or above float16's range (small integers times 2**power, exact in every
+    storage type once scaled) rank exactly as with fp32 storage; a plain float16 cast would flush them
+    to zero (every score tied) or to infinity."""
+    split = _toy_test_split()
+    generator = torch.Generator().manual_seed(2)
+    file = tmp_path / "emb.safetensors"
+    rows = {
+        f"{kind}_embeddings": torch.randint(-4, 5, (count, 8), generator=generator).float() * 2.0**power
+        for kind, count in (("text", len(split.caption_pids)), ("image", len(split.image_pids)))
+    }
+    save_file({**rows, "text_ids": split.caption_pids, "image_ids": split.image_pids}, str(file))
+    base = ["eval", "-m", "precomputed", "-d", "toy-pedes", "--limit", str(LIMIT), "--method-arg", f"file={file}"]
+    for dtype in ("fp32", "fp16", "bf16"):
+        assert main([*base, "--feature-dtype", dtype, "--out", str(tmp_path / dtype)]) == 0
+    assert _first_hits(tmp_path / "fp16") == _first_hits(tmp_path / "fp32") == _first_hits(tmp_path / "bf16")
 
 
 def test_precomputed_with_other_ids_or_counts_is_refused(tmp_path, capsys):

@@ -45,6 +45,21 @@ def test_matches_brute_force_random_scores(seed):
     _assert_matches_brute(evaluate_scores(scores, text_ids, image_ids, chunk_bytes=1), scores, text_ids, image_ids)
 
 
+@pytest.mark.parametrize("spread", [1e-12, 1e-300])
+def test_float64_scores_keep_their_order(spread):
+    """Distinct float64 scores closer than float32 can tell apart (or smaller than its range) rank
+    as given, in both directions: the kernel compares them in float64."""
+    generator = torch.Generator().manual_seed(5)
+    image_ids = torch.arange(12) % 4
+    text_ids = torch.arange(18) % 4
+    scores = 0.5 + spread * torch.randn(18, 12, generator=generator, dtype=torch.float64)
+    assert len(torch.unique(scores.float())) < scores.numel()  # float32 would tie them
+    result = evaluate_scores(scores, text_ids, image_ids, chunk_bytes=1)
+    _assert_matches_brute(result, scores, text_ids, image_ids)
+    huge = torch.randn(18, 12, generator=generator, dtype=torch.float64) * 1e300  # float32 would be inf
+    _assert_matches_brute(evaluate_scores(huge, text_ids, image_ids), huge, text_ids, image_ids)
+
+
 def test_ties_are_broken_by_gallery_index():
     generator = torch.Generator().manual_seed(3)
     image_ids = torch.arange(20) % 5

@@ -113,9 +113,9 @@ def _index(pages: dict[str, list[Configuration]], reported: dict[str, list[Repor
     return "\n".join(lines) + "\n"
 
 
-def _render(results: Path, reported_dir: Path, out: Path, skip_invalid: bool) -> dict[str, int]:
-    configs, left_out = load_runs(results, skip_invalid)
-    reported = load_reported(reported_dir)
+def _render(
+    configs: list[Configuration], left_out: dict[str, int], reported: dict[str, list], out: Path
+) -> dict[str, int]:
     pages: dict[str, list[Configuration]] = {name: [] for name in reported}
     for config in configs:
         pages.setdefault(config.dataset, []).append(config)
@@ -159,11 +159,13 @@ def build_leaderboards(
     With ``check``, nothing is written: the report lists the pages that differ from ``out``."""
     results, out = Path(results), Path(out)
     reported_dir = Path(reported) if reported is not None else out / "reported"
+    configs, left_out = load_runs(results, skip_invalid)  # every input read and checked before any write
+    reported = load_reported(reported_dir)
     if not check:
         out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".leaderboard-", dir=out if out.is_dir() else None) as tmp:
         staging = Path(tmp)
-        counts = _render(results, reported_dir, staging, skip_invalid)
+        counts = _render(configs, left_out, reported, staging)
         new = {p.name for p in staging.iterdir() if p.is_file()}
         (staging / MANIFEST).write_text("".join(f"{name}\n" for name in sorted(new)), encoding="utf-8")
         old = _generated(out)

@@ -156,6 +156,20 @@ def _unsafe_name(result: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_same_queries(group: pd.DataFrame) -> None:
+    """Runs pooled into one row must rank the same queries: one line naming two that do not."""
+    counts = [
+        tuple(len(result["per_query"][f"{d}_first_hit_rank"]) for d in ("t2i", "i2t")) for result in group["result"]
+    ]
+    for index, count in enumerate(counts):
+        if count != counts[0]:
+            raise BenchError(
+                f"{group['path'].iloc[0]} and {group['path'].iloc[index]}: runs of one configuration rank "
+                f"{counts[0][0]} / {counts[0][1]} and {count[0]} / {count[1]} queries (t2i / i2t); expected the "
+                "same split (move one of them out of --results)"
+            )
+
+
 def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration], dict[str, int]]:
     """Complete runs grouped by configuration, and counts of what was left out."""
     files = sorted(p for p in results_dir.rglob("*.json") if p.is_file()) if results_dir.is_dir() else []
@@ -184,12 +198,14 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
         if any(run["run_id"] == result["run_id"] for run in complete):  # the same file found twice
             left_out["duplicate"] += 1
             continue
-        complete.append({"key": repr(_configuration_key(result)), "run_id": result["run_id"], "result": result})
+        key = repr(_configuration_key(result))
+        complete.append({"key": key, "run_id": result["run_id"], "result": result, "path": str(path)})
     if not complete:
         return [], left_out
     runs = pd.DataFrame(complete).sort_values(["key", "run_id"], kind="stable")
     configurations = []
     for _, group in runs.groupby("key", sort=True):
+        _check_same_queries(group)
         first = group["result"].iloc[0]
         method = first["method"]
         configurations.append(

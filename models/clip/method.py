@@ -2,7 +2,7 @@
 
 Person images are tall (384 x 128 by default): the position embeddings are interpolated to that
 patch grid, as the CLIP-based person-search codebases do. The towers are the same code path as the
-IRRA-family checkpoints' (``tbps_models.clip_reid.backbone.PersonClip``). Fine-tuning uses the
+IRRA-family checkpoints' (``tbps_models.clip_towers.backbone.PersonClip``). Fine-tuning uses the
 similarity-distribution-matching loss (``sdm``, the CLIP-based methods' loss) or InfoNCE with every
 same-identity pair of the batch as a positive (``infonce``).
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir
 from tbps_bench.methods import Method, Trainable, global_batch
-from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD, PersonClip
+from tbps_models.clip_towers.backbone import CLIP_MEAN, CLIP_STD, PersonClip
 from tbps_models.losses import matching_kl
 from tbps_models.transforms import person_image_transform
 

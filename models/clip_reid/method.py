@@ -8,12 +8,8 @@ from typing import Any
 import torch
 
 from tbps_bench.methods import Method
-from tbps_models.clip_reid.architecture import IMAGE_SIZE
-from tbps_models.clip_reid.backbone import CLIP_MEAN, CLIP_STD
-from tbps_models.clip_reid.model import ClipReidModel, load_checkpoint
-from tbps_models.clip_reid.tokenizer import tokenize
+from tbps_models.clip_reid.model import IRRA_PRESET, ClipReidModel, load_checkpoint
 from tbps_models.released import require_checkpoint
-from tbps_models.transforms import person_image_transform
 
 
 class IrraMethod(Method):
@@ -45,19 +41,13 @@ class IrraMethod(Method):
         return {k: v for k, v in self.arguments().items() if k != "trained_on"}  # a label, not a feature
 
     def preprocessing(self) -> dict[str, Any]:
-        return {
-            "image_size": list(IMAGE_SIZE),
-            "resize": "bilinear",
-            "normalize": "clip",
-            "tokenizer": "clip-bpe-16e6",
-            "context_length": self.model.architecture.context_length,
-        }
+        return IRRA_PRESET.preprocessing(self.model.architecture.context_length)
 
     def image_transform(self):
-        return person_image_transform(IMAGE_SIZE, CLIP_MEAN, CLIP_STD)
+        return IRRA_PRESET.image_transform()
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        return tokenize(captions, self.model.architecture.context_length)
+        return IRRA_PRESET.tokenize(captions, self.model.architecture.context_length)
 
     def encode_images(self, batch) -> torch.Tensor:
         return self.model.embed_images(batch["pixels"])

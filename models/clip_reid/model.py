@@ -1,46 +1,54 @@
 """IRRA-family models from their released checkpoints: ``load_checkpoint(path, family=...)``.
 
-A checkpoint of IRRA (Jiang and Ye, CVPR 2023) or of a fork that keeps its layout (RDE, PLOT,
+A checkpoint of IRRA (Jiang and Ye, CVPR 2023) or of a fork that keeps its layout (RDE,
 MLLM4Text-ReID + IRRA, ...) is ``{"model": state_dict, ...}`` with OpenAI CLIP keys under
-``base_model.``; RDE adds its token-selection layers. Everything else in the file is used in
-training only (an identity classifier sized by the training set, MLM head, cross-modal transformer)
-and is ignored, by name.
+``base_model.``; RDE adds its token-selection layers. The parts IRRA uses in training only (an
+identity classifier sized by the training set, MLM head, cross-modal transformer) are ignored by
+name; any other module is refused, and a fork with its own parts (PLOT's slots) is named.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tbps_bench.checkpoints import load_state, load_torch_file
+from tbps_bench.checkpoints import load_state
 from tbps_bench.errors import BenchError
-from tbps_models.clip_reid.architecture import ClipArchitecture, infer_architecture, to_transformers
-from tbps_models.clip_reid.backbone import PersonClip
 from tbps_models.clip_reid.selection import SelectionHead, image_selection, text_selection
-from tbps_models.clip_reid.tokenizer import tokenize
-from tbps_models.layouts import described
+from tbps_models.clip_towers.architecture import ClipArchitecture, infer_architecture
+from tbps_models.clip_towers.preset import ClipPreset
+from tbps_models.clip_towers.towers import (
+    load_towers,
+    modules_beside,
+    new_towers,
+    prefixed,
+    read_model_state,
+    refuse_integer_weights,
+)
+from tbps_models.layouts import DISPLAY, described, identify
 
 FAMILIES = ("irra", "rde", "auto")
 EMBEDDINGS = ("both", "bge", "tse")
 CLIP_PREFIX = "base_model."
+#: IRRA's evaluation, as data: 384 x 128, bilinear, CLIP's statistics, the raw caption, the stride
+#: read off the position table, every block run
+IRRA_PRESET = ClipPreset(image_size=(384, 128))
+#: modules of IRRA's training (its id, MLM and cross-modal losses), never run in evaluation
+TRAINING_ONLY = ("classifier", "mlm_head", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post")
 #: RDE's token-selection layers: (their prefix in the file, the head they become, the "direct" layer)
 RDE_HEADS = {"image_head": ("visul_emb_layer.", "fc."), "text_head": ("texual_emb_layer.", "linear.")}
 _HEAD_PARTS = {"mlp.layers.0.": "hidden.", "mlp.bns.0.": "norm.", "mlp.layers.1.": "out."}
+#: parts RDE's head module defines and saves but its forward does not apply (the other direct layer,
+#: the second BatchNorm)
+_HEAD_UNUSED = ("linear.", "fc.", "mlp.bns.1.")
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The file's ``model`` state dict (``module.`` prefixes removed), or one line saying what is wrong."""
-    path = Path(path)
-    stored = load_torch_file(path, "an IRRA-format .pth file", "{'model': state_dict} of tensors")
-    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
-        found = sorted(stored)[:6] if isinstance(stored, dict) else type(stored).__name__
-        hint = " (a NAFS release checkpoint: use -m nafs)" if isinstance(stored, dict) and "network" in stored else ""
-        raise BenchError(f"checkpoint {path} is not IRRA-format: expected a dict with 'model', found {found}{hint}")
-    return {k.removeprefix("module."): v for k, v in stored["model"].items() if isinstance(v, torch.Tensor)}
+    return read_model_state(path, "an IRRA-format .pth file")
 
 
 def _head_state(state: dict[str, torch.Tensor], prefix: str, direct: str) -> dict[str, torch.Tensor]:
@@ -81,9 +89,7 @@ class ClipReidModel(nn.Module):
             )
         self.architecture, self.family = architecture, family
         self.select_ratio, self.embedding = float(select_ratio), embedding
-        uses_selection = embedding != "bge"
-        config = architecture.config(attention_weights=uses_selection)
-        self.backbone = PersonClip.from_config(config, architecture.stride, architecture.grid)
+        self.backbone = new_towers(architecture, IRRA_PRESET, attention_weights=embedding != "bge")
         if family == "rde":
             self.image_head = SelectionHead(architecture.embed_dim, tse_size)
             self.text_head = SelectionHead(architecture.embed_dim, tse_size)
@@ -92,7 +98,7 @@ class ClipReidModel(nn.Module):
     # -- preprocessing
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """(n, context) int64: the authors' token ids."""
-        return tokenize(captions, self.architecture.context_length)["ids"]
+        return IRRA_PRESET.tokenize(captions, self.architecture.context_length)["ids"]
 
     # -- features
     def image_features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,6 +145,9 @@ class ClipReidModel(nn.Module):
 def _family(state: dict[str, torch.Tensor], family: str, source: str) -> str:
     if family not in FAMILIES:
         raise BenchError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    other = identify(state)
+    if other not in (None, "irra", "rde"):
+        raise BenchError(f"{source} is a checkpoint of {DISPLAY[other]}, not IRRA-format: use -m {other}")
     has_selection = all(any(k.startswith(prefix) for k in state) for prefix, _ in RDE_HEADS.values())
     if family == "rde" and not has_selection:
         raise BenchError(
@@ -170,28 +179,24 @@ def load_checkpoint(
         other = described(state)
         hint = f" (it is {other})" if other else ""
         raise BenchError(f"{source} has no '{CLIP_PREFIX}*' CLIP weights; expected an IRRA-format state dict{hint}")
-    used = (CLIP_PREFIX, *(prefix for prefix, _ in RDE_HEADS.values()))
-    for key, value in state.items():
-        counters = ("position_ids", "num_batches_tracked")  # integer buffers, not weights
-        if key.startswith(used) and not value.is_floating_point() and not key.endswith(counters):
-            raise BenchError(f"{source}: '{key}' is {value.dtype}; expected floating-point weights (refused, not cast)")
     family = _family(state, family, source)
-    embedding = embedding or ("both" if family == "rde" else "bge")
-    architecture = infer_architecture(clip_state, source)
     heads = RDE_HEADS if family == "rde" else {}
+    used = (CLIP_PREFIX, *(prefix for prefix, _ in heads.values()))
+    modules = [prefix.rstrip(".") for prefix in used]
+    ignored = modules_beside(state, modules, TRAINING_ONLY, source, family.upper())
+    refuse_integer_weights(state, modules, source)
+    embedding = embedding or ("both" if family == "rde" else "bge")
+    architecture = infer_architecture(clip_state, source, IRRA_PRESET.image_size)
     tse_size = state[f"{RDE_HEADS['image_head'][0]}fc.weight"].shape[0] if heads else 1024
     model = ClipReidModel(architecture, family, select_ratio, embedding, tse_size)
-    try:
-        mapped = to_transformers(clip_state)
-    except StopIteration as exc:
-        unknown = sorted(k for k in clip_state if not k.startswith(("visual.", "transformer.")))[:3]
-        raise BenchError(f"{source}: unexpected CLIP keys {unknown}; expected OpenAI CLIP key names") from exc
-    # position ids are buffers; IRRA keeps its temperature outside the CLIP state (unused in evaluation)
-    load_state(model.backbone.clip, mapped, source, "CLIP", optional=("position_ids", "logit_scale"))
-    used = set(CLIP_PREFIX + k for k in clip_state)
+    load_towers(model.backbone, clip_state, architecture, IRRA_PRESET, source, prefixed(CLIP_PREFIX))
     for attribute, (prefix, direct) in heads.items():
-        head_state = _head_state(state, prefix, direct)
-        load_state(getattr(model, attribute), head_state, source, prefix.rstrip("."))
-        used |= {k for k in state if k.startswith(tuple(prefix + part for part in (direct, *_HEAD_PARTS)))}
-    model.ignored = dict(Counter(key.split(".")[0] for key in state if key not in used))
+        known = tuple(prefix + part for part in (direct, *_HEAD_PARTS, *_HEAD_UNUSED))
+        unknown = sorted(k for k in state if k.startswith(prefix) and not k.startswith(known))
+        if unknown:
+            raise BenchError(
+                f"{source}: unknown entries inside {prefix.rstrip('.')}: {unknown[:4]}; refused, not dropped"
+            )
+        load_state(getattr(model, attribute), _head_state(state, prefix, direct), source, prefix.rstrip("."))
+    model.ignored = ignored
     return model.eval()

@@ -18,6 +18,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.features import feature_count
 from tbps_bench.fileio import read_npz, sha256_file
 from tbps_bench.methods import Features, Method, PairwiseMethod
+from tbps_bench.metrics import unit_rows
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +89,10 @@ class PrecomputedEmbeddings(Method):
         return self._features(kind, index)
 
     def _features(self, kind: str, index: torch.Tensor) -> torch.Tensor:
-        return self.data[f"{kind}_embeddings"][index].float()
+        rows = self.data[f"{kind}_embeddings"][index]
+        if rows.dtype == torch.float64:  # scored by cosine: unit rows before float32 could flush or overflow them
+            rows = unit_rows(rows)
+        return rows.float()
 
     def encode_images(self, batch) -> torch.Tensor:
         return self._rows("image", batch)
@@ -106,7 +110,9 @@ class PrecomputedScores(PairwiseMethod, PrecomputedEmbeddings):
         return index.float()[:, None]  # the rows' positions; the matrix itself is scored in score_all
 
     def score_all(self, image_features: Features, text_features: Features, block: int = 256) -> torch.Tensor:
-        similarity = self.data["similarity"].float()
+        similarity = self.data["similarity"]
+        if similarity.dtype != torch.float64:  # float64 is ranked as given: float32 could tie or overflow it
+            similarity = similarity.float()
         texts, images = len(self.data["text_ids"].reshape(-1)), len(self.data["image_ids"].reshape(-1))
         if similarity.shape != (texts, images):
             raise BenchError(

@@ -1,9 +1,12 @@
-"""IRRA-format checkpoints: the CLIP architecture read off tensor shapes, and the key names mapped
-from OpenAI's layout (which IRRA and its forks save under ``base_model.``) to ``transformers``'."""
+"""CLIP towers stored with OpenAI's key names (IRRA and its forks under ``base_model.``, TBPS-CLIP
+under ``visual.`` and ``encode_text.``): the architecture read off tensor shapes, the key set such a
+state must have (so that a missing or an unknown entry is named, never guessed at), and the key
+names mapped to ``transformers``'."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +14,7 @@ from transformers import CLIPConfig
 
 from tbps_bench.errors import BenchError
 
-IMAGE_SIZE = (384, 128)  # height x width of every IRRA-family codebase
+IMAGE_SIZE = (384, 128)  # height x width of every IRRA-family codebase (TBPS-CLIP: 224 x 224)
 HEAD_WIDTH = 64  # CLIP's attention heads are 64 wide in both towers
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
 
@@ -30,6 +33,7 @@ class ClipArchitecture:
     embed_dim: int
     vision_mlp: int
     text_mlp: int
+    image_size: tuple[int, int] = IMAGE_SIZE
 
     def config(self, attention_weights: bool = False) -> CLIPConfig:
         config = CLIPConfig(
@@ -39,7 +43,7 @@ class ClipArchitecture:
                 "num_hidden_layers": self.vision_layers,
                 "num_attention_heads": self.vision_width // HEAD_WIDTH,
                 "patch_size": self.patch_size,
-                "image_size": IMAGE_SIZE[0],
+                "image_size": self.image_size[0],
                 "hidden_act": "quick_gelu",
                 "layer_norm_eps": 1e-5,
             },
@@ -63,29 +67,42 @@ class ClipArchitecture:
         return config
 
 
-def _stride_for(grid_cells: int, patch: int, source: str) -> tuple[int, tuple[int, int]]:
-    """The conv stride whose grid over a 384 x 128 image has ``grid_cells`` patches."""
-    height, width = IMAGE_SIZE
+def _stride_for(
+    grid_cells: int, patch: int, source: str, image_size: tuple[int, int], stride_is_patch: bool
+) -> tuple[int, tuple[int, int]]:
+    """The conv stride whose grid over an image of ``image_size`` has ``grid_cells`` patches (the
+    patch size itself when the method's code fixes it so)."""
+    height, width = image_size
+    strides = [patch] if stride_is_patch else range(1, patch + 1)
     fits = [
         (stride, ((height - patch) // stride + 1, (width - patch) // stride + 1))
-        for stride in range(1, patch + 1)
+        for stride in strides
         if ((height - patch) // stride + 1) * ((width - patch) // stride + 1) == grid_cells
     ]
     if len(fits) != 1:
+        allowed = f"s = {patch}" if stride_is_patch else f"a stride s <= {patch}"
         raise BenchError(
             f"{source}: visual.positional_embedding has {grid_cells} patch rows, which "
             f"{'matches no' if not fits else 'matches more than one'} stride of a {patch}-pixel patch over a "
-            f"{height} x {width} image; expected ((384 - {patch}) // s + 1) x ((128 - {patch}) // s + 1)"
+            f"{height} x {width} image; expected (({height} - {patch}) // s + 1) x (({width} - {patch}) // s + 1) "
+            f"for {allowed}"
         )
     return fits[0]
 
 
-def infer_architecture(clip_state: dict[str, torch.Tensor], source: str) -> ClipArchitecture:
-    """Widths, depths, patch, stride, grid, context and embedding size, from shapes alone."""
+def infer_architecture(
+    clip_state: dict[str, torch.Tensor],
+    source: str,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+    stride_is_patch: bool = False,
+) -> ClipArchitecture:
+    """Widths, depths, patch, stride, grid, context and embedding size, from shapes alone (the image
+    size is the method's: a position table fits several)."""
     try:
         conv = clip_state["visual.conv1.weight"]
         patch = conv.shape[-1]
-        stride, grid = _stride_for(clip_state["visual.positional_embedding"].shape[0] - 1, patch, source)
+        rows = clip_state["visual.positional_embedding"].shape[0] - 1
+        stride, grid = _stride_for(rows, patch, source, image_size, stride_is_patch)
         layers = {"visual": 0, "text": 0}
         for key in clip_state:
             match = _BLOCK.match(key)
@@ -105,9 +122,72 @@ def infer_architecture(clip_state: dict[str, torch.Tensor], source: str) -> Clip
             embed_dim=clip_state["text_projection"].shape[1],
             vision_mlp=clip_state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             text_mlp=clip_state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            image_size=tuple(image_size),
         )
     except KeyError as exc:
         raise BenchError(f"{source}: the CLIP state lacks {exc.args[0]!r}; expected OpenAI CLIP key names") from exc
+
+
+_BLOCK_KEYS = tuple(
+    f"{part}.{kind}"
+    for part in ("attn.out_proj", "ln_1", "mlp.c_fc", "mlp.c_proj", "ln_2")
+    for kind in ("weight", "bias")
+) + ("attn.in_proj_weight", "attn.in_proj_bias")
+#: entries a CLIP state may hold or not: the temperature (unused in evaluation)
+OPTIONAL_KEYS = frozenset({"logit_scale"})
+
+
+def openai_keys(architecture: ClipArchitecture) -> frozenset[str]:
+    """Every entry an OpenAI-layout CLIP state of this architecture holds."""
+    visual = [f"visual.{k}" for k in ("conv1.weight", "class_embedding", "positional_embedding", "proj")]
+    visual += [f"visual.{norm}.{kind}" for norm in ("ln_pre", "ln_post") for kind in ("weight", "bias")]
+    text = ["token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight", "ln_final.bias"]
+    blocks = [
+        f"{tower}transformer.resblocks.{layer}.{key}"
+        for tower, count in (("visual.", architecture.vision_layers), ("", architecture.text_layers))
+        for layer in range(count)
+        for key in _BLOCK_KEYS
+    ]
+    return frozenset(visual + text + blocks)
+
+
+def check_keys(
+    clip_state: dict[str, torch.Tensor],
+    architecture: ClipArchitecture,
+    source: str,
+    file_key: Callable[[str], str],
+) -> None:
+    """One line naming what is missing from the towers, or what sits inside them that CLIP does not
+    have (an adapter, a prompt, LoRA weights: they change the function, so they are refused, never
+    dropped). Keys are shown as the file spells them (``file_key`` of the OpenAI name)."""
+
+    def shown(keys: list[str]) -> str:
+        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        return ", ".join(repr(file_key(k)) for k in keys[:4]) + more
+
+    expected = openai_keys(architecture)
+    missing = sorted(expected - clip_state.keys())
+    if missing:
+        raise BenchError(f"{source}: CLIP weights missing: {shown(missing)}; the file is incomplete")
+    unknown = sorted(clip_state.keys() - expected - OPTIONAL_KEYS)
+    if unknown:
+        raise BenchError(
+            f"{source}: unknown entries inside the CLIP towers: {shown(unknown)}; they are not CLIP weights "
+            "(adapters, prompts, LoRA?) and would change the function: refused, not dropped"
+        )
+
+
+_TEXT_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
+
+
+def first_text_blocks(state: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """``transformers`` keys with the text blocks from ``keep`` on left out (stored, never run)."""
+
+    def kept(key: str) -> bool:
+        match = _TEXT_LAYER.match(key)
+        return match is None or int(match.group(1)) < keep
+
+    return {k: v for k, v in state.items() if kept(k)}
 
 
 _TOWER = {"visual.transformer.": "vision_model.encoder.", "transformer.": "text_model.encoder."}
