@@ -215,3 +215,23 @@ def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(
     summary = json.loads((folder / "summary.json").read_text())
     reference = summary[expected] if isinstance(expected, str) else summary[expected[0]][expected[1]]
     assert two["per_query"]["t2i_first_hit_rank"] == reference
+
+
+def test_plot_pairwise_scoring_is_identical_for_one_and_two_processes(tmp_path):
+    """PLOT's blockwise pair scores, sharded over two processes in tiles of 3 images: the authors'
+    ranks in both directions."""
+    import lzma
+
+    import torch
+
+    folder = HERE / "fixtures" / "plot_reference"
+    checkpoint = tmp_path / "plot.pth"
+    checkpoint.write_bytes(lzma.decompress((folder / "plot_checkpoint.pth.xz").read_bytes()))
+    evaluate = ["eval", "-m", "plot", "-d", "cuhk-pedes", "--data-root", str(folder), "--checkpoint", str(checkpoint)]
+    run = torchrun([*evaluate, "--score-tile", "3", "--out", str(tmp_path / "two")], tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = results(tmp_path / "two")["plot"]
+    reference = torch.load(folder / "reference.pt", weights_only=True)["first_hit_rank"]
+    assert two["provenance"]["distributed"]["world_size"] == 2
+    for direction in ("t2i", "i2t"):
+        assert two["per_query"][f"{direction}_first_hit_rank"] == reference[direction]
