@@ -172,6 +172,20 @@ def start(device_option: str) -> tuple[World, str]:
     return current_world(), device
 
 
+def explained(exc: BaseException) -> str:
+    """One line for an error in a distributed job; a collective that waited out its timeout names
+    the variable that sets it (a step that is slow on one process, not a fault, needs a longer one)."""
+    message = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+    lowered = message.lower()
+    if "timeout" in lowered or "timed out" in lowered:
+        limit = os.environ.get("TBPS_BENCH_COLLECTIVE_TIMEOUT_S", f"{DEFAULT_TIMEOUT_S:g}")
+        message += (
+            f" (a collective waited longer than TBPS_BENCH_COLLECTIVE_TIMEOUT_S = {limit} s for another process; "
+            "if one process is legitimately slower, set it higher, e.g. TBPS_BENCH_COLLECTIVE_TIMEOUT_S=1800)"
+        )
+    return message
+
+
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

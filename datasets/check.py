@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tbps_bench.errors import BenchError
-from tbps_bench.images import GRAYSCALE_MODES, SIXTEEN_BIT_MODES
+from tbps_bench.images import GRAYSCALE_MODES, integer_depth
 
 _EXAMPLES = 3
 _CODE_LIKE = re.compile(r"[{}<>;=\\]|\bdef\b|\breturn\b|https?://")
@@ -150,10 +150,10 @@ def check_dataset(dataset, quick: bool = False, workers: int = 1) -> Report:
             f"{len(found['grayscale'])} images are grayscale (converted to RGB when loaded): "
             f"{_examples(found['grayscale'])}"
         )
-    if found["16-bit"]:
+    for status in sorted(s for s in found if s.endswith("-bit")):
         report.notes.append(
-            f"{len(found['16-bit'])} images are 16-bit grayscale (scaled to 8 bits, then RGB, when loaded): "
-            f"{_examples(found['16-bit'])}"
+            f"{len(found[status])} images are {status} integer grayscale (scaled to 8 bits by their depth's "
+            f"range, then RGB, when loaded): {_examples(found[status])}"
         )
     report.notes.append(
         f"{len(paths)} images {'opened (headers only, --quick)' if quick else 'decoded in full'} "
@@ -163,8 +163,8 @@ def check_dataset(dataset, quick: bool = False, workers: int = 1) -> Report:
 
 
 def _inspect_image(task: tuple[Path, str, bool]) -> tuple[str, str]:
-    """(path, status): ok, missing, unreadable, grayscale or 16-bit. Decoding every pixel is what finds
-    a truncated JPEG: its header alone reads fine."""
+    """(path, status): ok, missing, unreadable, grayscale, or an integer depth ("16-bit", "32-bit").
+    Decoding every pixel is what finds a truncated JPEG: its header alone reads fine."""
     from PIL import Image, UnidentifiedImageError
 
     root, path, quick = task
@@ -176,10 +176,11 @@ def _inspect_image(task: tuple[Path, str, bool]) -> tuple[str, str]:
             if not quick:
                 image.load()
             mode = image.mode
+            depth = integer_depth(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return path, "unreadable"  # a decompression bomb (too many pixels to decode safely) included
-    if mode in SIXTEEN_BIT_MODES:
-        return path, "16-bit"
+    if depth is not None:
+        return path, f"{depth[0]}-bit"
     return path, "grayscale" if mode in GRAYSCALE_MODES else "ok"
 
 

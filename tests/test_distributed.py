@@ -166,6 +166,34 @@ def test_a_failing_process_stops_the_job_with_its_one_line_and_no_result(tmp_pat
     assert not list((tmp_path / "out").glob("**/*.json"))
 
 
+STALLING_PLUGIN = FAILING_PLUGIN.replace("breaks-on-rank-1", "stalls-on-rank-1").replace(
+    "BreaksOnRankOne", "StallsOnRankOne"
+)
+
+
+def test_a_collective_timeout_names_the_variable_that_sets_it(tmp_path, monkeypatch):
+    """Rank 1 takes longer than the collective timeout: rank 0's one line says which variable to raise."""
+    plugin = tmp_path / "stalls.py"
+    plugin.write_text(STALLING_PLUGIN.replace('float("nan")', "__import__('time').sleep(20) or 0.0"))
+    monkeypatch.setenv("TBPS_BENCH_COLLECTIVE_TIMEOUT_S", "3")
+    args = [
+        "--plugin",
+        str(plugin),
+        "eval",
+        "-m",
+        "stalls-on-rank-1",
+        "-d",
+        "toy-pedes",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    run = torchrun([*args, *SHARDED], tmp_path / "cache")
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error: rank 0/2:")]
+    assert len(lines) == 1 and "TBPS_BENCH_COLLECTIVE_TIMEOUT_S = 3 s" in lines[0], run.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("**/*.json"))
+
+
 def test_ctrl_c_stops_every_process(tmp_path):
     plugin, marker = HERE / "fixtures" / "slow_plugin.py", tmp_path / "started"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tbps_bench"]

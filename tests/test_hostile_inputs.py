@@ -161,6 +161,23 @@ def test_a_16_bit_grey_image_stays_grey(tmp_path):
     assert rgb.shape == (16, 8, 3) and int(rgb.min()) == int(rgb.max()) == 117
 
 
+def test_a_32_bit_integer_tiff_is_scaled_by_its_own_range(tmp_path, capsys):
+    """Mode "I" holds 16-bit PNGs and 32-bit TIFFs alike: the file's tags say which, and a 32-bit
+    mid-grey stays mid-grey (scaled as 16-bit it would be white)."""
+    from tbps_bench.images import integer_depth, to_rgb
+
+    path = tmp_path / "grey32.tif"
+    Image.fromarray(np.full((16, 8), 117 * (2**31 - 1) // 255, dtype=np.int32)).save(path)  # Pillow writes int32
+    with Image.open(path) as image:
+        assert integer_depth(image) == (32, True)
+        rgb = np.asarray(to_rgb(image))
+    assert int(rgb.min()) == int(rgb.max()) == 117
+    root = tmp_path / "CUHK-PEDES"
+    _one_split_dataset(root, {"a.tif": Image.open(path)})
+    main(["data", "check", "-d", "cuhk-pedes", "--root", str(root)])
+    assert "1 images are 32-bit integer grayscale" in capsys.readouterr().out
+
+
 def _one_split_dataset(root: Path, images: dict[str, Image.Image]) -> None:
     (root / "imgs").mkdir(parents=True)
     records = []
@@ -179,7 +196,7 @@ def test_data_check_decodes_every_image(tmp_path, capsys):
     assert main(["data", "check", "-d", "cuhk-pedes", "--root", str(root), "--workers", "2"]) == 1
     out = capsys.readouterr().out
     assert "error: 1 images are undecodable or truncated: b.jpg" in out
-    assert "1 images are 16-bit grayscale (scaled to 8 bits, then RGB, when loaded): c.png" in out
+    assert "1 images are 16-bit integer grayscale (scaled to 8 bits by their depth's range" in out
     main(["data", "check", "-d", "cuhk-pedes", "--root", str(root), "--quick"])
     assert "undecodable" not in capsys.readouterr().out  # headers alone cannot see a cut file
 

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # in a distributed job: one line per process (a peer that stopped shows up here as a
         # collective error); the launcher stops the other processes
-        print(f"error: {_where()}{type(exc).__name__}: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+        from tbps_bench.distributed import explained
+
+        print(f"error: {_where()}{explained(exc)}", file=sys.stderr)
         return 1
     finally:
         if in_main_thread:
