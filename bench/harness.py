@@ -131,15 +131,39 @@ def check_method_arguments(name: str, args: dict[str, Any], checkpoint: str | No
 
 @functools.cache
 def source_fingerprint(cls: type) -> str:
-    """A hash of the source that defines a method: its module's file, and for a module inside a
-    package every Python file of that package folder (a model's other modules). Editing a plugin
-    therefore invalidates its cached features."""
+    """A hash of the source that defines a method: its module's file; for a module inside a package,
+    every Python file of that package folder (a model's other modules); for a plugin file, also every
+    module it has imported from its own folder (a base class in a sibling file). Editing any of them
+    invalidates its cached features."""
     module = sys.modules.get(cls.__module__)
     path = Path(getattr(module, "__file__", "") or "")
     if not path.is_file():
         return "unknown"
-    files = sorted(path.parent.glob("*.py")) if getattr(module, "__package__", "") else [path]
-    return sha256_json([[f.name, sha256_file(f)] for f in files])
+    if getattr(module, "__package__", ""):
+        root, files = path.parent, sorted(path.parent.glob("*.py"))
+    else:
+        root = path.resolve().parent
+        files = sorted({path.resolve(), *_plugin_modules_under(root)})
+    return sha256_json([[str(f.relative_to(root)), sha256_file(f)] for f in files])
+
+
+#: packages whose source is never part of a plugin's fingerprint (tbps-bench's own)
+_OWN_PACKAGES = ("tbps_bench", "tbps_models", "tbps_datasets")
+
+
+def _plugin_modules_under(folder: Path) -> list[Path]:
+    """The source files of imported modules that live in ``folder`` or below it, other than installed
+    distributions (a virtual environment inside the folder) and tbps-bench's own packages."""
+    environment = Path(sys.prefix).resolve()
+    found = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py") or name.split(".")[0] in _OWN_PACKAGES:
+            continue
+        resolved = Path(file).resolve()
+        if resolved.is_relative_to(folder) and not resolved.is_relative_to(environment) and resolved.is_file():
+            found.append(resolved)
+    return found
 
 
 def locate_datasets(names: list[str], data_root: str | None, world: World = SINGLE) -> None:

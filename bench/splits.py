@@ -38,17 +38,20 @@ class EvalSplit:
         }
 
     def image_manifest_sha256(self) -> str:
-        """A hash of the image folder and every image file's path, size and modification time (ns).
+        """A hash of the image folder and every image file's path, size, modification time, inode and
+        inode change time (ns).
 
         The feature cache keys on it: another folder never shares a key, and a file replaced in place
-        (re-encoded, damaged, blacked out) has a new mtime, since writing a file sets it; only a
-        deliberate reset of size and mtime (``touch -d``) could hide a change. Stat calls, not reads,
-        so a cache hit stays cheap (measured at CUHK-PEDES size in the README)."""
+        (re-encoded, damaged, blacked out) has a new mtime, since writing a file sets it. A user can
+        set the mtime back (``touch -d``), but not the change time, which the kernel sets on every
+        write, rename, copy or permission change (so a ``chmod`` also re-encodes, harmlessly). Stat
+        calls, not reads, so a cache hit stays cheap (measured in docs/benchmarks.md)."""
         digest = hashlib.sha256(str(self.image_root.resolve()).encode())
         for path in self.image_paths:
             try:
                 stat = os.stat(self.image_root / path)
-                digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+                key = f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\0{stat.st_ctime_ns}"
+                digest.update(key.encode())
             except OSError:
                 digest.update(f"\0{path}\0missing".encode())
         return digest.hexdigest()

@@ -77,6 +77,74 @@ def test_other_image_files_under_the_same_annotation_are_not_served_from_the_cac
     assert black["metrics"] != first["metrics"]
 
 
+def test_a_same_size_change_with_the_modification_time_set_back_is_not_served(tmp_path):
+    """The inode change time, which no user can set back, keys the image manifest too."""
+    import os
+
+    plugin, copy = _plugin(tmp_path / "p", "mean-pixels"), _toy_copy(tmp_path)
+    args = ["--plugin", str(plugin), "eval", "-m", "mean-pixels", "-d", "toy-pedes", "--data-root", str(copy)]
+    _eval(args, tmp_path / "a")
+    path = sorted((copy / "imgs" / "test").glob("*.jpg"))[0]
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a byte of the image data changed: same size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    again = _eval(args, tmp_path / "b")
+    assert not again["timings"]["cache_hits"]["images"]
+
+
+SIBLING_PLUGIN = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sibling_base import SCALE  # noqa: E402
+
+import torch  # noqa: E402
+
+from tbps_bench.methods import Method  # noqa: E402
+from tbps_bench.registry import register_method  # noqa: E402
+
+
+@register_method("uses-a-sibling")
+class UsesASibling(Method):
+    name = "uses-a-sibling"
+    needs_pixels = False
+    reads_checkpoint = False
+
+    def encode_images(self, batch):
+        return torch.nn.functional.one_hot(batch["pid"] % 5, 5).float() * SCALE + torch.arange(5.0)
+
+    def encode_texts(self, batch):
+        return torch.nn.functional.one_hot(batch["pid"] % 5, 5).float()
+"""
+
+
+def test_an_edited_sibling_module_of_a_plugin_is_not_served_from_the_cache(tmp_path):
+    """A plugin's source hash covers the modules it imports from its folder, not only its own file."""
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    (folder / "uses_a_sibling.py").write_text(SIBLING_PLUGIN)
+    (folder / "sibling_base.py").write_text("SCALE = 1.0\n")
+    env = {**__import__("os").environ, "TBPS_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONSAFEPATH": "1"}
+
+    def evaluate(out: str) -> dict:
+        args = ["--plugin", str(folder / "uses_a_sibling.py"), "eval", "-m", "uses-a-sibling", "-d", "toy-pedes"]
+        command = [sys.executable, "-m", "tbps_bench", *args, "--limit", "20", "--out", str(tmp_path / out)]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return load_result(next((tmp_path / out).rglob("*.json")))
+
+    first, cached = evaluate("a"), evaluate("b")
+    assert cached["timings"]["cache_hits"]["images"] and cached["metrics"] == first["metrics"]
+    (folder / "sibling_base.py").write_text("SCALE = -4.0\n")
+    edited = evaluate("c")
+    assert not edited["timings"]["cache_hits"]["images"]
+    assert edited["metrics"] != first["metrics"]
+
+
 def test_methods_without_a_name_and_an_edited_plugin_get_their_own_cache_entries(tmp_path, monkeypatch):
     a = _plugin(tmp_path / "a", "plain-a", scale=1.0, named=False)
     b = _plugin(tmp_path / "b", "plain-b", scale=-3.0, named=False)
