@@ -191,6 +191,17 @@ def train(
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8, fused=fused)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
+    record_base = {
+        "dataset": dataset_name,
+        "annotation_sha256": train_split.annotation_sha256,
+        "selected_on": options.select_on,
+        "selection_metric": "t2i R1" if options.select_on != "last" else None,
+        "schedule": schedule,
+        "seed": options.seed,
+        "max_steps_per_epoch": options.max_steps_per_epoch,
+        "optimizer": {"name": "Adam", "fused": fused},
+        "method_arguments": method.arguments(),
+    }
     folder = run_folder(options, method_name, dataset_name)
     resume_file = folder / "resume.pt"
     start_epoch, best = 0, {"epoch": None, "R1": -1.0}
@@ -198,6 +209,7 @@ def train(
         if not resume_file.is_file():
             raise BenchError(f"--resume: no {resume_file} to resume from; start without --resume")
         state = _read_resume(resume_file)
+        _check_same_run(state.get("run"), _resumable(record_base, options), resume_file)
         load_state(method.trained_modules(), state["method"], str(resume_file), method_name)
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -220,17 +232,6 @@ def train(
     elif options.overwrite and world.is_main:
         (folder / "log.jsonl").unlink(missing_ok=True)  # best/ and last/ are replaced whole by the run
     broadcast_state(method.network, world)
-    record_base = {
-        "dataset": dataset_name,
-        "annotation_sha256": train_split.annotation_sha256,
-        "selected_on": options.select_on,
-        "selection_metric": "t2i R1" if options.select_on != "last" else None,
-        "schedule": schedule,
-        "seed": options.seed,
-        "max_steps_per_epoch": options.max_steps_per_epoch,
-        "optimizer": {"name": "Adam", "fused": fused},
-        "method_arguments": method.arguments(),
-    }
     transform = method.train_image_transform() if frozen_features is None else None
     pairs = _CaptionPairs(train_split, transform, labels, options.seed)
     log_file = folder / "log.jsonl"
@@ -311,7 +312,7 @@ def train(
             method.save_checkpoint(folder / "last", record)
             if improved:
                 linked_copy_dir(folder / "last", folder / "best")  # not written twice (nafs-tiny: 0.2-0.4 s)
-            _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best)
+            _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best, _resumable(record_base, options))
             with open(log_file, "a", encoding="utf-8") as log:
                 log.write(json.dumps(entry, allow_nan=False) + "\n")
             _report(entry, options.select_on, best, schedule["epochs"])
@@ -341,8 +342,32 @@ def _read_resume(path: Path) -> dict[str, Any]:
     return state
 
 
-def _save_resume(path: Path, method: Trainable, optimizer, scaler, epoch: int, best: dict[str, Any]) -> None:
+def _resumable(record: dict[str, Any], options: TrainOptions) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the data, the selection, the method's
+    arguments, the seed, the precision and the schedule (its length aside: a run may be extended)."""
+    schedule = {k: v for k, v in record["schedule"].items() if k != "epochs"}
+    kept = ("dataset", "annotation_sha256", "selected_on", "seed", "max_steps_per_epoch", "method_arguments")
+    return json.loads(json.dumps({**{k: record[k] for k in kept}, "schedule": schedule, "amp": options.amp}))
+
+
+def _check_same_run(stored: dict[str, Any] | None, now: dict[str, Any], path: Path) -> None:
+    """--resume continues the run it finds, or says what differs (one line) and stops."""
+    if stored is None:  # a resume file of an earlier version records no options: nothing to compare
+        return
+    differ = [key for key in sorted(set(stored) | set(now)) if stored.get(key) != now.get(key)]
+    if differ:
+        shown = "; ".join(f"{key} was {stored.get(key)!r}, now {now.get(key)!r}" for key in differ[:3])
+        raise BenchError(
+            f"--resume: {path} continues a run started with other options ({shown}); resume with the same "
+            "options, or train into another --out"
+        )
+
+
+def _save_resume(
+    path: Path, method: Trainable, optimizer, scaler, epoch: int, best: dict[str, Any], run: dict[str, Any]
+) -> None:
     state = {
+        "run": run,
         "epoch": epoch,
         "best": best,
         "method": method.trained_modules().state_dict(),

@@ -160,3 +160,21 @@ def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys):
     assert (run / "log.jsonl").read_text() == log_before
     assert main([*SMOKE, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
     assert len((run / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
+
+
+def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
+    run = out / "nafs-tiny" / "toy-pedes" / "seed0"
+    resume_before = (run / "resume.pt").read_bytes()
+    for changed, named in (
+        (["--select-on", "test"], "selected_on was 'val', now 'test'"),
+        (["--amp", "bf16"], "amp was 'none', now 'bf16'"),
+        (["--max-steps", "3"], "max_steps_per_epoch was 2, now 3"),
+    ):
+        capsys.readouterr()
+        assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--resume", *changed]) == 2
+        error = capsys.readouterr().err
+        assert "continues a run started with other options" in error and named in error, error
+        assert (run / "resume.pt").read_bytes() == resume_before
+        assert len((run / "log.jsonl").read_text().splitlines()) == 1
