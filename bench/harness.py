@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tbps_bench.adapters import load_dataset
+from tbps_bench.arguments import check_method_argument_values
 from tbps_bench.distributed import SINGLE, World, describe
 from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
@@ -127,6 +128,7 @@ def check_method_arguments(name: str, args: dict[str, Any], checkpoint: str | No
             raise BenchError(f"method '{name}' has no argument '{key}'; {hint}it takes: {takes}")
     if checkpoint is not None and not getattr(factory, "reads_checkpoint", True):
         raise BenchError(f"method '{name}' reads no checkpoint; drop --checkpoint {checkpoint}")
+    check_method_argument_values(name, factory, args)
 
 
 @functools.cache

@@ -117,6 +117,12 @@ class Method:
     def encode_texts(self, batch: Mapping[str, Any]) -> torch.Tensor | Features:
         raise NotImplementedError
 
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        """Cheap checks of ``--method-arg`` values (ranges, choices) made before any work, so that a
+        wrong value stops the command in one line; the types declared on ``__init__`` are checked
+        already. Raise ``BenchError``. Checks that need the checkpoint stay in ``__init__``."""
+
     # -- modules
     def to(self, device: str | torch.device) -> Method:
         self.device = torch.device(device)
@@ -230,6 +236,12 @@ class ShortlistMethod(Method):
 
     #: the shortlist size unless the user or the method's checkpoint says otherwise
     default_k: int = 128
+
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        super().check_arguments(arguments)
+        k = arguments.get("k")
+        Shortlist.parse(cls.default_k if k is None else k, arguments.get("fill", "authors"), cls.fill_value)
 
     def __init__(self, k: int | None = None, fill: str = "authors", **kwargs: Any):
         super().__init__(**kwargs)

@@ -185,6 +185,21 @@ def test_a_damaged_cache_entry_is_named_removed_and_recomputed(tmp_path, capsys)
         (["-m", "random", "--workers", "-1"], "--workers must be >= 0"),
         (["-m", "random", "--checkpoint", "best.pth"], "method 'random' reads no checkpoint"),
         (["-m", "random,oracle", "--method-arg", "seed=1"], "method 'oracle' has no argument 'seed'"),
+        # values: the declared type, then the method's own ranges and choices
+        (["-m", "random", "--method-arg", "dim=-1"], "dim must be an integer >= 1; got -1"),
+        (["-m", "random", "--method-arg", "dim=abc"], "method 'random' argument 'dim' must be an integer; got 'abc'"),
+        (["-m", "random", "--method-arg", "dim=2.5"], "must be an integer; got 2.5"),
+        (["-m", "random", "--method-arg", "seed=true"], "argument 'seed' must be an integer; got True"),
+        (["-m", "random,frozen-linear", "--method-arg", "dim=0"], "dim must be an integer >= 1; got 0"),
+        (["-m", "rde", "--method-arg", "embedding=xyz"], "embedding must be one of both, bge, tse"),
+        (["-m", "rde", "--method-arg", "select_ratio=0"], "select_ratio must be a number in (0, 1]"),
+        (["-m", "plot", "--method-arg", "iterations=0"], "iterations must be an integer >= 1"),
+        (["-m", "rasa", "--method-arg", "k=0"], "k (the shortlist size) must be an integer >= 1"),
+        (["-m", "rasa", "--method-arg", "fill=zero"], "fill must be one of authors, first-stage"),
+        (["-m", "aptm", "--method-arg", "fusion_world_size=0"], "fusion_world_size must be an integer >= 1"),
+        (["-m", "aptm", "--method-arg", "mean=[0.5, 0.5, 0.5]"], "give mean= and std= together"),
+        (["-m", "nafs-tiny", "--method-arg", "rerank_k=abc"], "argument 'rerank_k' must be an integer"),
+        (["-m", "precomputed", "--method-arg", "label=3"], "argument 'label' must be a string or null; got 3"),
     ],
 )
 def test_bad_arguments_stop_before_any_work(tmp_path, capsys, args, message):

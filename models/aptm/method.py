@@ -72,6 +72,23 @@ class AptmMethod(CrossEncoderMethod):
     name = "aptm"
     second_stage = "itm"
 
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        super().check_arguments(arguments)
+        fusion_world_size = arguments.get("fusion_world_size", 4)
+        if isinstance(fusion_world_size, bool) or not isinstance(fusion_world_size, int) or fusion_world_size < 1:
+            raise BenchError(
+                f"fusion_world_size must be an integer >= 1 (4: the published protocol); got {fusion_world_size!r}"
+            )
+        if arguments.get("fill", FillRule.AUTHORS) != FillRule.AUTHORS:
+            raise BenchError("APTM's fusion defines what fills a row outside the shortlist; drop fill=")
+        stats = arguments.get("stats")
+        if stats is not None and stats not in DATASET_STATISTICS:
+            raise BenchError(f"stats must be one of {', '.join(DATASET_STATISTICS)}; got {stats!r}")
+        mean, std = _triple("mean", arguments.get("mean")), _triple("std", arguments.get("std"))
+        if (mean is None) != (std is None):
+            raise BenchError("give mean= and std= together")
+
     def __init__(
         self,
         fusion_world_size: int = 4,
@@ -83,18 +100,10 @@ class AptmMethod(CrossEncoderMethod):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if isinstance(fusion_world_size, bool) or not isinstance(fusion_world_size, int) or fusion_world_size < 1:
-            raise BenchError(
-                f"fusion_world_size must be an integer >= 1 (4: the published protocol); got {fusion_world_size!r}"
-            )
-        if self.shortlist.fill is not FillRule.AUTHORS:
-            raise BenchError("APTM's fusion defines what fills a row outside the shortlist; drop fill=")
-        if stats is not None and stats not in DATASET_STATISTICS:
-            raise BenchError(f"stats must be one of {', '.join(DATASET_STATISTICS)}; got {stats!r}")
+        given = {"fusion_world_size": fusion_world_size, "stats": stats, "mean": mean, "std": std}
+        self.check_arguments({**given, "k": self.shortlist.k, "fill": self.shortlist.fill})
         self.fusion_world_size = fusion_world_size
         self._stats_name, self._mean, self._std = stats, _triple("mean", mean), _triple("std", std)
-        if (self._mean is None) != (self._std is None):
-            raise BenchError("give mean= and std= together")
         loaded = load_aptm(self.checkpoint, optional_int("heads", heads))
         self._shape = loaded.shape
         self._tokenizer = CaptionTokenizer(vocab, loaded.shape.max_tokens, self._cleaning(False))

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tbps_bench.arguments import at_least
 from tbps_bench.checkpoints import load_state, read_json, read_tensors
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, write_json_atomic
@@ -43,6 +44,10 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
     by default), ``image_weights`` (EfficientNet-Lite0 state dict; the packaged one by default)."""
 
     name = "frozen-linear"
+
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        at_least("dim", arguments.get("dim", 256), 1)
 
     def __init__(self, dim: int = 256, text_encoder: str | None = None, image_weights: str | None = None, **kwargs):
         super().__init__(**kwargs)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from tbps_bench.arguments import at_least
 from tbps_bench.methods import Features, PairwiseMethod
 from tbps_models.plot.model import ITERATIONS, PLOT_PRESET, PlotModel, load_plot
 from tbps_models.released import require_checkpoint
@@ -23,6 +24,10 @@ class PlotMethod(PairwiseMethod):
     under torchrun); each block is one matrix product of the stored vectors."""
 
     name = "plot"
+
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        at_least("iterations", arguments.get("iterations", ITERATIONS), 1)
 
     def __init__(self, trained_on: str | None = None, iterations: int = ITERATIONS, **kwargs: Any):
         super().__init__(**kwargs)

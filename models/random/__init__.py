@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from tbps_bench.arguments import at_least
 from tbps_bench.methods import Method
 
 
@@ -15,6 +16,11 @@ class RandomMethod(Method):
     name = "random"
     needs_pixels = False
     reads_checkpoint = False
+
+    @classmethod
+    def check_arguments(cls, arguments: dict[str, Any]) -> None:
+        at_least("dim", arguments.get("dim", 64), 1)
+        at_least("seed", arguments.get("seed", 0), 0)
 
     def __init__(self, seed: int = 0, dim: int = 64, **kwargs: Any):
         super().__init__(**kwargs)
