@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tbps_bench.adapters import load_dataset
@@ -42,8 +43,9 @@ from tbps_bench.metrics import (
     unit_rows,
 )
 from tbps_bench.provenance import provenance
+from tbps_bench.rankings import Rankings, rankings_path, write_rankings
 from tbps_bench.registry import METHODS
-from tbps_bench.results import build_result, new_run_id, write_result
+from tbps_bench.results import build_result, new_run_id, result_path, write_result
 from tbps_bench.shortlist import PAIR_BATCH, evaluate_shortlisted
 from tbps_bench.splits import EvalSplit
 
@@ -68,6 +70,9 @@ class EvalOptions:
     feature_dtype: str = "fp32"
     #: (query, candidate) pairs per second-stage forward pass of a ShortlistMethod
     pair_batch: int = PAIR_BATCH
+    #: keep each query's top-K gallery items and scores, both directions (a ``.rankings.npz`` beside
+    #: the result); None: not kept
+    save_rankings: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,6 +194,8 @@ class SplitEvaluation:
     checkpoint_sha: str | None
     #: what the evaluation decided beyond the method's protocol (a shortlist cut to the gallery)
     protocol: dict[str, Any] = field(default_factory=dict)
+    #: each query's top-K (``--save-rankings``), the same on every process
+    rankings: Rankings | None = None
 
 
 def shard_unit(options: EvalOptions) -> int:
@@ -250,7 +257,7 @@ def encode_split(
     text_ranges = world.shards(len(split.captions), unit)
     texts, text_hits = _encode_blocks(
         cache,
-        {**common, "modality": "text"},
+        {**common, "modality": "text", **({"captions": split.caption_sha256} if split.caption_sha256 else {})},
         text_ranges[world.rank],
         unit,
         lambda rows: encode_texts(method, split, options.batch_size, options.amp, rows, storage),
@@ -302,6 +309,9 @@ def evaluate_split(
     images, texts, timings = encode_split(method, split, options, cache, checkpoint_sha, world=world)
     start = time.perf_counter()
     protocol: dict[str, Any] = {}
+    rankings = None
+    if options.save_rankings is not None:
+        rankings = Rankings.of(options.save_rankings, len(split.captions), len(split.image_paths))
     if isinstance(method, ShortlistMethod):
         retrieval, effective_k = evaluate_shortlisted(
             method,
@@ -312,12 +322,13 @@ def evaluate_split(
             options.amp,
             options.pair_batch,
             world,
+            rankings,
         )
         scoring = "shortlist"
         timings["pairwise_scoring_s"] = time.perf_counter() - start  # first stage, pairs and ranking
         protocol = {"shortlist_k_effective": effective_k, "pair_batch": options.pair_batch}
     elif isinstance(method, PairwiseMethod):
-        retrieval = _evaluate_pairwise(method, split, images, texts, options.score_tile, world, timings)
+        retrieval = _evaluate_pairwise(method, split, images, texts, options.score_tile, world, timings, rankings)
         scoring = "pairwise"
     else:
         text_embeddings, image_embeddings = _embeddings(method, texts, images)
@@ -329,10 +340,12 @@ def evaluate_split(
             split.image_pids,
             score,
             world,
+            rankings=rankings,
         )
         scoring = "cosine"
     timings["metrics_s"] = time.perf_counter() - start
-    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, protocol)
+    merged = rankings.merged(world) if rankings is not None else None
+    return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, protocol, merged)
 
 
 def _embeddings(method: Method, texts: Shard, images: Shard) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,6 +372,7 @@ def _evaluate_pairwise(
     tile: int,
     world: World,
     timings: dict[str, Any],
+    rankings: Rankings | None = None,
 ) -> RetrievalResult:
     """Pairwise scores tile by tile when a pair's score needs nothing else (each process scores its
     shard, each pair once for both directions); otherwise the whole matrix at once, in every
@@ -368,7 +382,7 @@ def _evaluate_pairwise(
         images_all, texts_all = (in_float32(world.gather_features(f.features)) for f in (images, texts))
         scores = method.score_all(images_all, texts_all)
         timings["pairwise_scoring_s"] = time.perf_counter() - start
-        return evaluate_scores(scores, split.caption_pids, split.image_pids)
+        return evaluate_scores(scores, split.caption_pids, split.image_pids, rankings=rankings)
 
     def tiles(count: int) -> Iterator[slice]:
         return (slice(t, min(t + tile, count)) for t in range(0, count, tile))
@@ -379,7 +393,9 @@ def _evaluate_pairwise(
         blocks = [method.score_all(in_float32(feature_rows(image_shard, t)), text_chunk) for t in tiles(count)]
         return torch.cat(blocks, 1) if blocks else torch.empty(feature_count(text_chunk), 0)
 
-    retrieval = evaluate_scored_once(texts, images, split.caption_pids, split.image_pids, score_texts, world)
+    retrieval = evaluate_scored_once(
+        texts, images, split.caption_pids, split.image_pids, score_texts, world, rankings=rankings
+    )
     timings["pairwise_scoring_s"] = time.perf_counter() - start  # scoring and ranking, interleaved
     return retrieval
 
@@ -475,7 +491,22 @@ def _write(
             **evaluation.protocol,
         },
     )
+    if evaluation.rankings is not None:  # written first: the result names it and its hash
+        path = rankings_path(result_path(options.out_dir, result))
+        write_rankings(path, evaluation.rankings, _ranked_items(split))
+        result["rankings"] = {"file": path.name, "sha256": sha256_file(path), "k": evaluation.rankings.k}
     return write_result(options.out_dir, result)
+
+
+def _ranked_items(split: EvalSplit) -> dict[str, np.ndarray]:
+    """What a rankings file's indices refer to: ids, image files, captions, the image folder."""
+    return {
+        "caption_ids": split.caption_pids.numpy().astype(np.int64),
+        "image_ids": split.image_pids.numpy().astype(np.int64),
+        "image_files": np.array(split.image_paths, dtype=str),
+        "captions": np.array(split.captions, dtype=str),
+        "image_root": np.array(str(Path(split.image_root).resolve())),
+    }
 
 
 def _checkpoint_label(path: str) -> str:

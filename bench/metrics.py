@@ -20,6 +20,7 @@ import torch
 from tbps_bench.distributed import SINGLE, World
 from tbps_bench.errors import BenchError, first_offending
 from tbps_bench.features import PACKED_LENGTHS, feature_rows, is_packed
+from tbps_bench.rankings import Rankings, TopK
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 TIE_POLICY = "stable-by-gallery-index"
@@ -409,6 +410,8 @@ def _direction(
     gallery_start: int = 0,
     world: World = SINGLE,
     require_queries: bool = True,
+    collector: TopK | None = None,
+    query_offset: int = 0,
 ) -> DirectionResult:
     """Per-query results from score blocks: (query rows, scores of those queries against this
     rank's gallery shard, which starts at ``gallery_start``). Every rank sees every query chunk.
@@ -418,6 +421,8 @@ def _direction(
     first, ap, inp = [], [], []
     workspace = _Workspace()
     for rows, block in blocks:
+        if collector is not None:  # each query's top-K items, from the block already scored
+            collector.add(slice(rows.start + query_offset, rows.stop + query_offset), block, gallery_start)
         keep = ~missing[rows]
         positives = table.index[rows][keep].to(block.device)
         if positives.shape[0] == 0:
@@ -463,6 +468,7 @@ def evaluate_scores(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     skip_queries_without_positives: bool = False,
+    rankings: Rankings | None = None,
 ) -> RetrievalResult:
     """Both directions from a precomputed (texts x images) similarity matrix (higher = closer).
 
@@ -481,16 +487,19 @@ def evaluate_scores(
     sim = _ranked_dtype(sim)
     t_rows = _rows_per_chunk(n_image, chunk_bytes, sim.element_size())
     i_rows = _rows_per_chunk(n_text, chunk_bytes, sim.element_size())
+    skip = skip_queries_without_positives
+    collect = {"t2i": rankings.t2i, "i2t": rankings.i2t} if rankings is not None else {"t2i": None, "i2t": None}
     t2i = _direction(
-        ((r, sim[r]) for r in _chunked(n_text, t_rows)), tid, iid, ks, skip_queries_without_positives, "t2i"
+        ((r, sim[r]) for r in _chunked(n_text, t_rows)), tid, iid, ks, skip, "t2i", collector=collect["t2i"]
     )
     i2t = _direction(
         ((r, sim[:, r].T.contiguous()) for r in _chunked(n_image, i_rows)),
         iid,
         tid,
         ks,
-        skip_queries_without_positives,
+        skip,
         "i2t",
+        collector=collect["i2t"],
     )
     return RetrievalResult(t2i=t2i, i2t=i2t)
 
@@ -502,6 +511,7 @@ def evaluate_direction(
     direction: str,
     ks: Sequence[int] = DEFAULT_KS,
     skip_queries_without_positives: bool = False,
+    collector: TopK | None = None,
 ) -> DirectionResult:
     """One direction from score blocks ``(query rows, rows x whole gallery)`` given in query order:
     for scores built a chunk at a time (a re-ranked shortlist), never held whole."""
@@ -512,7 +522,8 @@ def evaluate_direction(
             _check_finite(f"{direction} scores", block)
             yield rows, _ranked_dtype(block)
 
-    return _direction(checked(), query_ids, gallery_ids, ks, skip_queries_without_positives, direction)
+    skip = skip_queries_without_positives
+    return _direction(checked(), query_ids, gallery_ids, ks, skip, direction, collector=collector)
 
 
 def evaluate_embeddings(
@@ -689,6 +700,7 @@ def evaluate_sharded(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     skip_queries_without_positives: bool = False,
+    rankings: Rankings | None = None,
 ) -> RetrievalResult:
     """Both directions when each process holds a shard of the texts and of the images and a pair's
     score is the same in both directions (cosine similarity): one pass of score blocks where it can.
@@ -709,9 +721,11 @@ def evaluate_sharded(
     options = {"world": world, "ks": ks, "chunk_bytes": chunk_bytes, "skip": skip}
     step = query_chunk_rows(images.total, chunk_bytes)
     slab = _column_slab_width(images.ranges, texts.total, step, chunk_bytes)
+    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
     if slab is None:
-        t2i = rank_sharded(texts, images, tid, iid, score, "t2i", **options)
-        return RetrievalResult(t2i=t2i, i2t=rank_sharded(images, texts, iid, tid, score, "i2t", **options))
+        t2i = rank_sharded(texts, images, tid, iid, score, "t2i", collector=t2i_top, **options)
+        i2t = rank_sharded(images, texts, iid, tid, score, "i2t", collector=i2t_top, **options)
+        return RetrievalResult(t2i=t2i, i2t=i2t)
     own = images.ranges[world.rank]
     image_table = _positive_table(iid, tid)
     _queries_without_positives(image_table, skip, "i2t")  # on every rank, before any work
@@ -724,10 +738,15 @@ def evaluate_sharded(
             block = score(_rows_of(texts, rows, world), images.features)
             yield rows, block
             columns.add(rows, block)
+            if i2t_top is not None:  # this process's images are the queries of the block's columns
+                i2t_top.add_columns(rows, block, own.start)
 
-    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
+    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world, collector=t2i_top)
     if bool(world.all_reduce(torch.tensor([columns.mismatched], dtype=torch.int32), "max")):
-        return RetrievalResult(t2i=t2i, i2t=rank_sharded(images, texts, iid, tid, score, "i2t", **options))
+        if i2t_top is not None:  # ranked again from scratch: so are its rankings
+            rankings.i2t = i2t_top = TopK(i2t_top.k, len(i2t_top.values))
+        i2t = rank_sharded(images, texts, iid, tid, score, "i2t", collector=i2t_top, **options)
+        return RetrievalResult(t2i=t2i, i2t=i2t)
     return RetrievalResult(t2i=t2i, i2t=_gathered(columns.result(ks), world))
 
 
@@ -871,13 +890,14 @@ def rank_sharded(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     skip: bool = False,
+    collector: TopK | None = None,
 ) -> DirectionResult:
     """One direction: every query ranked over the whole gallery, each process holding a shard of
     both. Query chunks are sized by the whole gallery, so they are the same for any world size."""
     step = query_chunk_rows(gallery.total, chunk_bytes)
     blocks = ((rows, score(_rows_of(queries, rows, world), gallery.features)) for rows in _chunked(queries.total, step))
     start = gallery.ranges[world.rank].start
-    return _direction(blocks, query_ids, gallery_ids, ks, skip, direction, start, world)
+    return _direction(blocks, query_ids, gallery_ids, ks, skip, direction, start, world, collector=collector)
 
 
 def evaluate_scored_once(
@@ -890,6 +910,7 @@ def evaluate_scored_once(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     skip_queries_without_positives: bool = False,
+    rankings: Rankings | None = None,
 ) -> RetrievalResult:
     """Both directions from one pass of an expensive scorer (a cross-modal method, where scoring,
     not ranking, is the cost): every pair is scored once, not once per direction.
@@ -915,9 +936,12 @@ def evaluate_scored_once(
             kept[rows] = block
             yield rows, block
 
-    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world)
+    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
+    t2i = _direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world, collector=t2i_top)
     width = own.stop - own.start
     step = _rows_per_chunk(texts.total, chunk_bytes)
     columns = ((rows, kept[:, rows].T.contiguous()) for rows in _chunked(width, step)) if width else iter(())
-    mine = _direction(columns, iid[own], tid, ks, skip, "i2t", require_queries=False)
+    mine = _direction(
+        columns, iid[own], tid, ks, skip, "i2t", require_queries=False, collector=i2t_top, query_offset=own.start
+    )
     return RetrievalResult(t2i=t2i, i2t=_gathered(mine, world))

@@ -21,6 +21,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, feature_count, feature_rows, in_float32
 from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod, ShortlistScores
 from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction, unit_rows
+from tbps_bench.rankings import Rankings, TopK
 
 #: pairs per second-stage forward pass unless the caller says otherwise
 PAIR_BATCH = 256
@@ -150,6 +151,7 @@ def _rank(
     query_ids: torch.Tensor,
     gallery_ids: torch.Tensor,
     direction: str,
+    collector: TopK | None = None,
 ) -> DirectionResult:
     protocol = method.shortlist
     fused = type(method).final_rows is not ShortlistMethod.final_rows
@@ -165,7 +167,7 @@ def _rank(
                 block = final_rows(rows, shortlist, second, protocol, first, len(gallery))
             yield rows, block
 
-    return evaluate_direction(blocks(), query_ids, gallery_ids, direction)
+    return evaluate_direction(blocks(), query_ids, gallery_ids, direction, collector=collector)
 
 
 def _unit_embeddings(method: ShortlistMethod, features: Features, what: str) -> torch.Tensor:
@@ -186,6 +188,7 @@ def evaluate_shortlisted(
     amp: str = "none",
     pair_batch: int = PAIR_BATCH,
     world: World = SINGLE,
+    rankings: Rankings | None = None,
 ) -> tuple[RetrievalResult, dict[str, int]]:
     """Both directions under the method's shortlist protocol, from every item's features (each
     process holds them all: any item can be on any shortlist); returns the result and each
@@ -208,8 +211,9 @@ def evaluate_shortlisted(
     t2i_second = _second_stage_of(t2i, keys, scores, lambda index: index * n_texts + torch.arange(len(index))[:, None])
     i2t_second = _second_stage_of(i2t, keys, scores, lambda index: torch.arange(len(index))[:, None] * n_texts + index)
     caption_pids, image_pids = torch.as_tensor(caption_pids), torch.as_tensor(image_pids)
+    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
     result = RetrievalResult(
-        t2i=_rank(method, t2i, t2i_second, text_unit, image_unit, caption_pids, image_pids, "t2i"),
-        i2t=_rank(method, i2t, i2t_second, image_unit, text_unit, image_pids, caption_pids, "i2t"),
+        t2i=_rank(method, t2i, t2i_second, text_unit, image_unit, caption_pids, image_pids, "t2i", t2i_top),
+        i2t=_rank(method, i2t, i2t_second, image_unit, text_unit, image_pids, caption_pids, "i2t", i2t_top),
     )
     return result, {"t2i": k_t2i, "i2t": k_i2t}

@@ -29,6 +29,9 @@ class EvalSplit:
     annotation_sha256: str
     image_sources: list[str] | None = None  # e.g. UFine3C's per-image source dataset
     limit: int | None = None
+    #: a hash of the captions when ``annotation_sha256`` does not cover them (a search over an image
+    #: folder with sentences typed at the command line): keys the cached text features
+    caption_sha256: str | None = None
 
     def counts(self) -> dict[str, int]:
         return {

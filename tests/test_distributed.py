@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -43,6 +44,7 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
     """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny): metrics and every query's
     ranks are equal; a 2-process run reuses what a 1-process run cached and the other way round."""
     evaluate = ["eval", "-m", "frozen-linear,nafs-tiny", "-d", "toy-pedes", "--limit", "96", *SHARDED]
+    evaluate += ["--save-rankings", "7"]  # each query's top 7: merged over the processes, the same file
     cache = tmp_path / "cache"  # also holds the generated toy-pedes, whose files key the image features
     features, by_one, by_two = cache / "features", cache / "features-one", cache / "features-two"
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
@@ -61,6 +63,14 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
         assert [r["rank"] for r in distributed["ranks"]] == [0, 1]
         assert one[method]["provenance"]["distributed"]["world_size"] == 1
         assert two[method]["timings"]["cache_hits"] == {"images": False, "texts": False}
+        saved = [
+            np.load(folder / "toy-pedes" / method / run[method]["rankings"]["file"])
+            for folder, run in ((tmp_path / "one", one), (tmp_path / "two", two))
+        ]
+        assert sorted(saved[0].files) == sorted(saved[1].files)
+        for key in saved[0].files:  # scores to the last bits only at equal thread counts (BLAS blocking)
+            same = np.allclose if key.endswith("_score") else np.array_equal
+            assert same(saved[0][key], saved[1][key], **({"rtol": 0, "atol": 1e-6} if same is np.allclose else {}))
     # the same cache entries for any world size, each usable by the other
     assert sorted(p.name for p in features.iterdir()) == sorted(p.name for p in by_one.iterdir())
     features.rename(by_two)

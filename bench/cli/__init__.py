@@ -13,7 +13,17 @@ from tbps_bench.fileio import INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tbps_bench.cli import data_cmd, demo_cmd, eval_cmd, leaderboard_cmd, list_cmd, score_cmd, train_cmd
+    from tbps_bench.cli import (
+        data_cmd,
+        demo_cmd,
+        eval_cmd,
+        leaderboard_cmd,
+        list_cmd,
+        report_cmd,
+        score_cmd,
+        search_cmd,
+        train_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="tbps-bench",
@@ -23,7 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_plugin_option(parser, "plugin")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (demo_cmd, list_cmd, eval_cmd, train_cmd, score_cmd, data_cmd, leaderboard_cmd):
+    for module in (
+        demo_cmd,
+        list_cmd,
+        eval_cmd,
+        train_cmd,
+        score_cmd,
+        data_cmd,
+        leaderboard_cmd,
+        report_cmd,
+        search_cmd,
+    ):
         module.add_parser(commands)
     # also after the command (``tbps-bench eval --plugin F.py ...``); argparse would let a command's
     # own default replace the list given before it, hence a second name
@@ -45,6 +65,8 @@ DOCS = {
     "score": "docs/evaluation.md",
     "data": "docs/datasets.md",
     "leaderboard": "docs/leaderboards.md",
+    "report": "docs/reports.md",
+    "search": "docs/reports.md",
 }
 
 

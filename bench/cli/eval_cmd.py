@@ -48,6 +48,15 @@ def add_parser(commands) -> None:
         default=PAIR_BATCH,
         help=f"(query, candidate) pairs per forward pass of a re-ranking method's second stage (default {PAIR_BATCH})",
     )
+    parser.add_argument(
+        "--save-rankings",
+        type=int,
+        nargs="?",
+        const=10,
+        metavar="K",
+        help="keep each query's top K gallery items and scores, both directions (K 10 when omitted), in a "
+        ".rankings.npz beside the result (for tbps-bench report)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -89,6 +98,8 @@ def run(args, argv) -> int:
         raise BenchError(f"--score-tile must be >= 1, got {args.score_tile}")
     if args.pair_batch < 1:
         raise BenchError(f"--pair-batch must be >= 1, got {args.pair_batch}")
+    if args.save_rankings is not None and args.save_rankings < 1:
+        raise BenchError(f"--save-rankings must be >= 1, got {args.save_rankings}")
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit must be >= 1, got {args.limit}")
     check_workers(args.workers)
@@ -115,6 +126,7 @@ def run(args, argv) -> int:
         workers=args.workers,
         feature_dtype=args.feature_dtype,
         pair_batch=args.pair_batch,
+        save_rankings=args.save_rankings,
         **({"score_tile": args.score_tile} if args.score_tile else {}),
     )
     failures, rows = [], {}
