@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_clip import write_tiny_clip
 
 from tbps_bench.cli import main
 from tbps_bench.results import load_result
 from tbps_models.clip.method import infonce_loss, sdm_loss
+
+from tiny_clip import write_tiny_clip
 
 SMALL_IMAGES = ["--method-arg", "image_height=64", "--method-arg", "image_width=32"]
 

@@ -404,9 +404,9 @@ def test_a_damaged_resume_file_is_one_line(tmp_path, capsys):
 
 
 def test_long_captions_give_no_false_indexing_warning(tmp_path, capfd):
-    from tiny_clip import write_tiny_clip
-
     from tbps_models.clip.method import ClipMethod
+
+    from tiny_clip import write_tiny_clip
 
     method = ClipMethod(model=str(write_tiny_clip(tmp_path / "clip")))
     capfd.readouterr()

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_clip import write_tiny_clip
 
 from tbps_bench.cli import main
 from tbps_bench.harness import load_eval_split
@@ -22,6 +21,7 @@ from tbps_bench.registry import METHODS
 from tbps_bench.results import load_result
 
 from reference_metrics import brute_force
+from tiny_clip import write_tiny_clip
 
 LIMIT = 24
 
