@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from tbps_bench.errors import BenchError
+from tbps_bench.leaderboard.html import dataset_page, index_page, report_links
 from tbps_bench.leaderboard.render import DIRECTIONS, cmc_plot, table
 from tbps_bench.leaderboard.reported import ReportedRow, load_reported
 from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_runs
 
-GENERATED_SUFFIXES = (".md", ".csv", ".png")
+GENERATED_SUFFIXES = (".md", ".csv", ".png", ".html")
 #: the list of files the last build wrote in ``--out``: only these are ever replaced or removed
 MANIFEST = ".generated-files"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -94,7 +95,21 @@ def _dataset_page(dataset: str, configs: list[Configuration], reported: list[Rep
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _index(pages: dict[str, list[Configuration]], reported: dict[str, list[ReportedRow]]) -> str:
+def _summary(
+    pages: dict[str, list[Configuration]], reported: dict[str, list[ReportedRow]]
+) -> list[tuple[str, int, int, int, str]]:
+    """Per dataset: configurations, runs, reported rows and the best in-domain test t2i R@1."""
+    rows = []
+    for dataset in sorted(pages):
+        configs = [c for c in pages[dataset] if c.split == "test" and c.domain == "in-domain"]
+        best = max(configs, key=lambda c: (c.metric("t2i", "R1")[0], c.label), default=None)
+        best_text = f"{best.metric('t2i', 'R1')[0]:.2f} ({best.label})" if best else "—"
+        runs = sum(len(c.runs) for c in pages[dataset])
+        rows.append((dataset, len(pages[dataset]), runs, len(reported.get(dataset, [])), best_text))
+    return rows
+
+
+def _index(summary: list[tuple[str, int, int, int, str]]) -> str:
     lines = [
         "# Leaderboards",
         "",
@@ -103,18 +118,13 @@ def _index(pages: dict[str, list[Configuration]], reported: dict[str, list[Repor
         "| dataset | configurations | runs | reported rows | best t2i R@1 (this project) |",
         "|---|---|---|---|---|",
     ]
-    for dataset in sorted(pages):
-        configs = [c for c in pages[dataset] if c.split == "test" and c.domain == "in-domain"]
-        best = max(configs, key=lambda c: (c.metric("t2i", "R1")[0], c.label), default=None)
-        best_text = f"{best.metric('t2i', 'R1')[0]:.2f} ({best.label})" if best else "—"
-        runs = sum(len(c.runs) for c in pages[dataset])
-        published = len(reported.get(dataset, []))
-        lines.append(f"| [{dataset}]({dataset}.md) | {len(pages[dataset])} | {runs} | {published} | {best_text} |")
+    for dataset, configurations, runs, published, best_text in summary:
+        lines.append(f"| [{dataset}]({dataset}.md) | {configurations} | {runs} | {published} | {best_text} |")
     return "\n".join(lines) + "\n"
 
 
 def _render(
-    configs: list[Configuration], left_out: dict[str, int], reported: dict[str, list], out: Path
+    configs: list[Configuration], left_out: dict[str, int], reported: dict[str, list], out: Path, final: Path
 ) -> dict[str, int]:
     pages: dict[str, list[Configuration]] = {name: [] for name in reported}
     for config in configs:
@@ -124,7 +134,12 @@ def _render(
         (out / f"{dataset}.md").write_text(text, encoding="utf-8")
         frame = _dataset_frame(dataset_configs, reported.get(dataset, []))
         frame.to_csv(out / f"{dataset}.csv", index=False, float_format="%.4f", lineterminator="\n")
-    (out / "README.md").write_text(_index(pages, reported), encoding="utf-8")
+        plots = sorted(p.name for p in out.glob(f"{dataset}-*-cmc.png"))
+        links = report_links(dataset_configs, final)
+        (out / f"{dataset}.html").write_text(dataset_page(dataset, frame, plots, links), encoding="utf-8")
+    summary = _summary(pages, reported)
+    (out / "README.md").write_text(_index(summary), encoding="utf-8")
+    (out / "index.html").write_text(index_page(summary), encoding="utf-8")
     return {"configurations": len(configs), **left_out}
 
 
@@ -165,7 +180,7 @@ def build_leaderboards(
         out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".leaderboard-", dir=out if out.is_dir() else None) as tmp:
         staging = Path(tmp)
-        counts = _render(configs, left_out, reported, staging)
+        counts = _render(configs, left_out, reported, staging, out)
         new = {p.name for p in staging.iterdir() if p.is_file()}
         (staging / MANIFEST).write_text("".join(f"{name}\n" for name in sorted(new)), encoding="utf-8")
         old = _generated(out)
@@ -174,7 +189,7 @@ def build_leaderboards(
         stale = sorted(
             name
             for name in new | old
-            if name.endswith((".md", ".csv"))
+            if name.endswith((".md", ".csv", ".html"))
             and (name not in new or name not in old or (staging / name).read_bytes() != (out / name).read_bytes())
         )
         stale += sorted(name for name in (new ^ old) if name.endswith(".png"))

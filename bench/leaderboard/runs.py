@@ -42,6 +42,8 @@ class Configuration:
     tie_policy: str
     runs: list[dict[str, Any]] = field(default_factory=list)
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: the runs' result files, in the order of ``runs``
+    paths: list[str] = field(default_factory=list)
 
     @property
     def domain(self) -> str:
@@ -220,6 +222,7 @@ def load_runs(results_dir: Path, skip_invalid: bool) -> tuple[list[Configuration
                 tie_policy=first["protocol"].get("tie_policy", "?"),
                 runs=list(group["result"]),
                 arguments=dict(method.get("arguments") or {}),
+                paths=list(group["path"]),
             )
         )
     return configurations, left_out
