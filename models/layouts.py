@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tbps_bench.errors import BenchError
+
 #: how each method's authors write its name
 DISPLAY = {
     "rasa": "RaSa",
@@ -39,3 +41,12 @@ def described(keys: Iterable[str]) -> str | None:
     """``"a RaSa checkpoint: use -m rasa"`` for a known layout, else None."""
     method = identify(keys)
     return f"a checkpoint of {DISPLAY[method]}: use -m {method}" if method else None
+
+
+def require(keys: Iterable[str], method: str, source: str, expected: str) -> None:
+    """One line unless these ``model`` keys are ``method``'s layout: what the file lacks
+    (``expected``) and, for another known layout, the method to use."""
+    found = identify(keys)
+    if found != method:
+        named = f"a checkpoint of {DISPLAY[found]}: use -m {found}" if found else f"not a {DISPLAY[method]} checkpoint"
+        raise BenchError(f"{source} has no {expected}; it is {named}")

@@ -212,7 +212,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str, dict]]:
         "integer weights": (_save(tmp_path / "d.pth", integer), "'itm_head.weight' is torch.int8", {}),
         "vocabulary": (good, "has 3 lines; expected bert-base-uncased's vocab.txt (30522)", {"vocab": str(vocab)}),
         "k": (good, "shortlist size) must be an integer >= 1; got 0", {"k": 0}),
-        "max_words": (good, "max_words must be an integer", {"max_words": "fifty"}),
+        "max_words": (good, "'max_words' must be an integer", {"max_words": "fifty"}),
     }
 
 

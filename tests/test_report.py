@@ -161,7 +161,7 @@ def test_two_results_compared_disagreements_first(tmp_path, browser):
     assert console_errors(browser) == []
 
 
-def test_search_contact_sheet(tmp_path, browser):
+def test_search_contact_sheet(tmp_path, browser, capsys):
     from tbps_datasets.toy import ensure_generated
 
     images = ensure_generated() / "imgs" / "test"
@@ -178,6 +178,10 @@ def test_search_contact_sheet(tmp_path, browser):
     )
     assert len(widths) == 4 and all(w > 0 for w in widths)
     assert console_errors(browser) == []
+    capsys.readouterr()
+    args = ["search", "-m", "random", "--images", str(images), "a man with a backpack", "--out", str(tmp_path / "again")]
+    assert main(args) == 0
+    assert "image features from the cache" in capsys.readouterr().err  # only the sentence was encoded
 
 
 ICFG_QUERIES = 19_848

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from tbps_bench.errors import BenchError
-from tbps_bench.leaderboard.html import dataset_page, index_page, report_links
+from tbps_bench.leaderboard.html import assets, dataset_page, index_page, report_links
 from tbps_bench.leaderboard.render import DIRECTIONS, cmc_plot, table
 from tbps_bench.leaderboard.reported import ReportedRow, load_reported
 from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_runs
 
-GENERATED_SUFFIXES = (".md", ".csv", ".png", ".html")
+GENERATED_SUFFIXES = (".md", ".csv", ".png", ".html", ".css", ".js")
 #: the list of files the last build wrote in ``--out``: only these are ever replaced or removed
 MANIFEST = ".generated-files"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -140,6 +140,8 @@ def _render(
     summary = _summary(pages, reported)
     (out / "README.md").write_text(_index(summary), encoding="utf-8")
     (out / "index.html").write_text(index_page(summary), encoding="utf-8")
+    for name, text in assets().items():
+        (out / name).write_text(text, encoding="utf-8")
     return {"configurations": len(configs), **left_out}
 
 
@@ -189,7 +191,7 @@ def build_leaderboards(
         stale = sorted(
             name
             for name in new | old
-            if name.endswith((".md", ".csv", ".html"))
+            if name.endswith((".md", ".csv", ".html", ".css", ".js"))
             and (name not in new or name not in old or (staging / name).read_bytes() != (out / name).read_bytes())
         )
         stale += sorted(name for name in (new ^ old) if name.endswith(".png"))

@@ -103,13 +103,21 @@ def index_page(summary: list[tuple[str, int, int, int, str]]) -> str:
     return _page("Leaderboards", body, script=False)
 
 
+#: the style and script every page links to, written once beside them
+ASSETS = ("leaderboard.css", "leaderboard.js")
+
+
+def assets() -> dict[str, str]:
+    return {name: _asset(name) for name in ASSETS}
+
+
 def _page(title: str, body: str, script: bool) -> str:
-    code = f"<script>{_asset('leaderboard.js')}</script>" if script else ""
+    code = '<script src="leaderboard.js"></script>' if script else ""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' file:; "
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{_asset('leaderboard.css')}</style>\n</head>\n"
+        "style-src 'self' file:; script-src 'self' file:\">\n"
+        f'<title>{html.escape(title)}</title>\n<link rel="stylesheet" href="leaderboard.css">\n</head>\n'
         f"<body>\n{body}\n{code}\n</body>\n</html>\n"
     )
 

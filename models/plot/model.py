@@ -28,7 +28,7 @@ from tbps_models.clip_towers.towers import (
     read_model_state,
     refuse_integer_weights,
 )
-from tbps_models.layouts import DISPLAY, identify
+from tbps_models.layouts import require
 from tbps_models.plot.slots import SlotAttention
 
 CLIP_PREFIX = "base_model."
@@ -128,10 +128,7 @@ def load_plot(path: str | Path, iterations: int = ITERATIONS) -> PlotModel:
     """A PLOT model in eval mode, fp32, from the authors' checkpoint (``best.pth``)."""
     source = str(path)
     state = read_model_state(path, "a PLOT .pth file")
-    method = identify(state)
-    if method != "plot":
-        named = f"a checkpoint of {DISPLAY[method]}: use -m {method}" if method else "not a PLOT checkpoint"
-        raise BenchError(f"{source} has no PLOT slot modules (slots, slot_attention.*); it is {named}")
+    require(state, "plot", source, "PLOT slot modules (slots, slot_attention.*)")
     modules_beside(state, USED, TRAINING_ONLY, source, "PLOT")
     refuse_integer_weights(state, USED, source)
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:

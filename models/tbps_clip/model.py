@@ -30,7 +30,7 @@ from tbps_models.clip_towers.towers import (
     new_towers,
     refuse_integer_weights,
 )
-from tbps_models.layouts import DISPLAY, identify
+from tbps_models.layouts import require
 from tbps_models.tbps_clip.captions import TBPS_CLIP_CLEANING
 
 #: TBPS-CLIP's evaluation, as data (the stored config may set another input size)
@@ -89,10 +89,7 @@ def load_tbps_clip(path: str | Path) -> TbpsClipModel:
     """TBPS-CLIP's towers in eval mode, fp32, from the authors' ``checkpoint_best.pth``."""
     source = str(path)
     state, config = read_file(path)
-    method = identify(state)
-    if method != "tbps-clip":
-        named = f"a checkpoint of {DISPLAY[method]}: use -m {method}" if method else "not a TBPS-CLIP checkpoint"
-        raise BenchError(f"{source} has no TBPS-CLIP towers (visual.*, encode_text.*); it is {named}")
+    require(state, "tbps-clip", source, "TBPS-CLIP towers (visual.*, encode_text.*)")
     modules_beside(state, USED, TRAINING_ONLY, source, "TBPS-CLIP")
     refuse_integer_weights(state, USED, source)
     clip_state = {
