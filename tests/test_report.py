@@ -179,8 +179,8 @@ def test_search_contact_sheet(tmp_path, browser, capsys):
     assert len(widths) == 4 and all(w > 0 for w in widths)
     assert console_errors(browser) == []
     capsys.readouterr()
-    args = ["search", "-m", "random", "--images", str(images), "a man with a backpack", "--out", str(tmp_path / "again")]
-    assert main(args) == 0
+    args = ["search", "-m", "random", "--images", str(images), "a man with a backpack"]
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
     assert "image features from the cache" in capsys.readouterr().err  # only the sentence was encoded
 
 
