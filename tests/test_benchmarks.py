@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from tbps_bench import evaluate_embeddings
-
-from reference_metrics import naive_full_argsort
+from tbps_bench.metrics.definition import naive_full_argsort
 
 
 def synthetic(n_text: int, n_image: int, n_ids: int = 1000, dim: int = 512, noise: float = 3.0, seed: int = 0):

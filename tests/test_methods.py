@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 
 from tbps_bench.cli import main
 from tbps_bench.harness import load_eval_split
+from tbps_bench.metrics.definition import brute_force
 from tbps_bench.registry import METHODS
 from tbps_bench.results import load_result
 
-from reference_metrics import brute_force
 from tiny_clip import write_tiny_clip
 
 LIMIT = 24

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from tbps_bench import BenchError, evaluate_embeddings, evaluate_scores
-from tbps_bench import metrics as metrics_module
-
-from reference_metrics import brute_force, naive_full_argsort
+from tbps_bench.metrics import kernel, tuning
+from tbps_bench.metrics.definition import brute_force, naive_full_argsort
 
 
 def _assert_matches_brute(result, scores, text_ids, image_ids):
@@ -145,12 +144,12 @@ def _deep_positives_problem(seed: int = 0):
 
 def test_deep_positives_take_the_binned_count_and_agree(monkeypatch):
     calls = []
-    binned = metrics_module._count_binned
-    monkeypatch.setattr(metrics_module, "COMPARED_POSITIVES", 0)
-    monkeypatch.setattr(metrics_module, "_count_binned", lambda *a: calls.append(1) or binned(*a))
+    binned = kernel.count_binned
+    monkeypatch.setattr(tuning, "COMPARED_POSITIVES", 0)
+    monkeypatch.setattr(kernel, "count_binned", lambda *a: calls.append(1) or binned(*a))
     for seed in range(4):
         scores, thresholds, index, brute = _deep_positives_problem(seed)
-        assert torch.equal(metrics_module._count_preceding(scores, thresholds, index).to(torch.int64), brute)
+        assert torch.equal(kernel.count_preceding(scores, thresholds, index).to(torch.int64), brute)
     assert len(calls) == 4
 
 
@@ -188,7 +187,7 @@ def test_binned_count_equals_brute_force(bins):
     """Exact ties, scores closer than a bin, a single distinct positive score, padded positives, and
     any number of bins (a few bins: most items share one with a positive)."""
     for trial, scores, thresholds, index, valid, brute in _count_problems(bins, (20, 80, 7), variants=3):
-        counts = metrics_module._count_binned(scores, thresholds, index, bins=bins)
+        counts = kernel.count_binned(scores, thresholds, index, bins=bins)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
 
 
@@ -196,12 +195,12 @@ def test_binned_count_equals_brute_force(bins):
 @pytest.mark.parametrize("compared", [0, 8])
 def test_count_is_the_same_for_any_row_group(monkeypatch, group_elements, compared):
     """Rows counted one, seven or all at a time, with either kernel, in one reused workspace."""
-    monkeypatch.setattr(metrics_module, "COUNT_ELEMENTS", group_elements)
-    monkeypatch.setattr(metrics_module, "COMPARED_POSITIVES", compared)
-    workspace = metrics_module._Workspace()
+    monkeypatch.setattr(tuning, "COUNT_ELEMENTS", group_elements)
+    monkeypatch.setattr(tuning, "COMPARED_POSITIVES", compared)
+    workspace = kernel.Workspace()
     for seed in range(3):
         scores, thresholds, index, brute = _deep_positives_problem(seed)
-        counts = metrics_module._count_preceding(scores, thresholds, index, workspace)
+        counts = kernel.count_preceding(scores, thresholds, index, workspace)
         assert torch.equal(counts.to(torch.int64), brute)
 
 
@@ -210,7 +209,7 @@ def test_compared_count_equals_brute_force():
     process (an index outside this shard's columns, before or after them)."""
     for trial, scores, thresholds, index, valid, brute in _count_problems(5, (20, 80, 7)):
         items = scores.shape[1]
-        counts = metrics_module._count_compared(scores, thresholds, index)
+        counts = kernel.count_compared(scores, thresholds, index)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid]), trial
         # the same positives seen from a shard that does not hold them
         for outside in (-1, items):
@@ -218,17 +217,17 @@ def test_compared_count_equals_brute_force():
             gallery = torch.arange(items)
             tie_ahead = (scores[:, None, :] == thresholds[:, :, None]) & (gallery < elsewhere[:, :, None])
             expected = ((scores[:, None, :] > thresholds[:, :, None]) | tie_ahead).sum(-1)
-            counts = metrics_module._count_compared(scores, thresholds, elsewhere)
+            counts = kernel.count_compared(scores, thresholds, elsewhere)
             assert torch.equal(counts[valid].to(torch.int64), expected[valid]), (trial, outside)
 
 
 @pytest.mark.parametrize("budget", [1, 7, 1 << 22])
 def test_counting_kernel_equals_brute_force_for_any_step(monkeypatch, budget):
     """Ties, padded positives and every split of the candidates into steps give the exact counts."""
-    monkeypatch.setattr(metrics_module, "CANDIDATE_BUDGET", budget)
+    monkeypatch.setattr(tuning, "CANDIDATE_BUDGET", budget)
     for _, scores, thresholds, index, valid, brute in _count_problems(budget, (20, 50, 6)):
         candidate = scores >= thresholds.amin(dim=1, keepdim=True)
-        counts = metrics_module._count_candidates(scores, thresholds, index, candidate)
+        counts = kernel.count_candidates(scores, thresholds, index, candidate)
         assert torch.equal(counts[valid].to(torch.int64), brute[valid])
 
 
@@ -356,10 +355,10 @@ def test_symmetric_scores_one_pass_serves_both_directions(monkeypatch, chunk_byt
     included. Too little memory for a slab of image columns: two passes, each pair scored twice."""
     from tbps_bench.metrics import evaluate_sharded
 
-    monkeypatch.setattr(metrics_module, "MIN_QUERY_ROWS", 4)
-    monkeypatch.setattr(metrics_module, "QUERY_ROW_MULTIPLE", 4)
-    monkeypatch.setattr(metrics_module, "MIN_COLUMN_SLAB", 1)
-    monkeypatch.setattr(metrics_module, "POSITIVE_GROUP", 1)  # a group of one text meets only its positives
+    monkeypatch.setattr(tuning, "MIN_QUERY_ROWS", 4)
+    monkeypatch.setattr(tuning, "QUERY_ROW_MULTIPLE", 4)
+    monkeypatch.setattr(tuning, "MIN_COLUMN_SLAB", 1)
+    monkeypatch.setattr(tuning, "POSITIVE_GROUP", 1)  # a group of one text meets only its positives
     generator = torch.Generator().manual_seed(5)
     text_ids, image_ids = torch.arange(53) % 6, torch.arange(37) % 6
     scores = torch.randint(0, 5, (53, 37), generator=generator).float() / 4  # many ties
@@ -378,7 +377,7 @@ def test_symmetric_scores_one_pass_serves_both_directions(monkeypatch, chunk_byt
 def test_positive_scores_that_differ_from_the_pass_fall_back_to_a_second_pass(monkeypatch):
     from tbps_bench.metrics import evaluate_sharded
 
-    monkeypatch.setattr(metrics_module, "POSITIVE_GROUP", 1)
+    monkeypatch.setattr(tuning, "POSITIVE_GROUP", 1)
     generator = torch.Generator().manual_seed(6)
     text_ids, image_ids = torch.arange(53) % 6, torch.arange(37) % 6
     scores = torch.randint(0, 5, (53, 37), generator=generator).float() / 4

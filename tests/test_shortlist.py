@@ -8,9 +8,8 @@ import torch
 
 from tbps_bench.errors import BenchError
 from tbps_bench.methods import FillRule, ShortlistMethod
+from tbps_bench.metrics.definition import brute_force
 from tbps_bench.shortlist import evaluate_shortlisted
-
-from reference_metrics import brute_force
 
 
 class BilinearRerank(ShortlistMethod):

@@ -1,4 +1,6 @@
-"""Slow, obviously-correct references the tests compare the fast implementation with."""
+"""The definition of the metrics in one screen: sort the gallery by (-score, index) and read off the
+positives' ranks. Slow and obviously correct; the counting kernel is tested against it, and so is
+the naive full-argsort pipeline most codebases use (``naive_full_argsort``)."""
 
 from __future__ import annotations
 
