@@ -32,6 +32,9 @@ class DatasetAdapter(Protocol):
         """Per split: ids, images, captions, caption length (words) mean / min / max."""
         ...
 
+    # optional: ``check(quick: bool, workers: int)`` -> a report with ``ok``, ``lines()`` and
+    # ``as_dict()``, for ``data check`` (an adapter without it is named by that command)
+
 
 MEMBERS = ("spec", "root", "image_root", "records", "eval_split", "split_statistics")
 

@@ -110,7 +110,7 @@ class _CaptionPairs(torch.utils.data.Dataset):
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 # the CPU generator only: torch.manual_seed also queues a CUDA seeding with a formatted
-                # stack trace per call when CUDA is not initialised (0.5 ms an item, and a growing queue)
+                # stack trace per call when CUDA is not initialised (a cost per item, and a growing queue)
                 torch.random.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
                 item["pixels"] = read_image(self.split, image_index, self.transform)
         return item
@@ -185,8 +185,8 @@ def train(
             "image": world.gather_features(images.features),
             "text": world.gather_features(texts.features),
         }
-    # fused: one pass over each parameter instead of a dozen elementwise kernels (on 2 CPU cores,
-    # nafs-tiny's optimizer step went from 0.08-0.11 s to 0.02-0.03 s of a 0.8 s step)
+    # fused: one pass over each parameter instead of a dozen elementwise kernels (a quarter of the
+    # step time on a CPU; docs/benchmarks.md, "Measured reasons")
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.Adam(method.parameter_groups(schedule), betas=(0.9, 0.999), eps=1e-8, fused=fused)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -311,7 +311,7 @@ def train(
         if world.is_main:
             method.save_checkpoint(folder / "last", record)
             if improved:
-                linked_copy_dir(folder / "last", folder / "best")  # not written twice (nafs-tiny: 0.2-0.4 s)
+                linked_copy_dir(folder / "last", folder / "best")  # hard links: the weights are not written twice
             _save_resume(resume_file, method, optimizer, scaler, epoch + 1, best, _resumable(record_base, options))
             with open(log_file, "a", encoding="utf-8") as log:
                 log.write(json.dumps(entry, allow_nan=False) + "\n")

@@ -219,6 +219,12 @@ class PedesDataset:
             image_sources=sources,
         )
 
+    def check(self, quick: bool = False, workers: int = 1):
+        """``data check``: every finding about this copy (``tbps_datasets.check.Report``)."""
+        from tbps_datasets.check import check_dataset
+
+        return check_dataset(self, quick=quick, workers=workers)
+
     def split_statistics(self) -> dict[str, dict[str, float]]:
         stats = {}
         for name, table in sorted(self.hf_splits().items()):

@@ -33,7 +33,7 @@ from tbps_bench.rankings import Rankings, TopK
 class Shard:
     """This process's rows of a feature set split across processes (a tensor, or a dict of tensors
     with the same rows), and every process's row range, in rank order. ``items_last``: the tensor is
-    stored (dim x items), the layout a score matmul reads fastest (twice the rate for chunks of a
+    stored (dim x items), the layout a score matmul reads fastest (much faster for chunks of a
     few dozen queries on a CPU)."""
 
     features: torch.Tensor | dict[str, torch.Tensor]
@@ -56,7 +56,7 @@ ScoreFunction = Callable[[Any, Any], torch.Tensor]
 def cosine_scorer(tile: int = tuning.SCORE_TILE) -> ScoreFunction:
     """Scores of a query chunk against a gallery shard stored (dim x items), one fixed-width tile at
     a time. The block returned is overwritten by the next call: one buffer serves every chunk (a
-    fresh block of tens of MB per chunk costs a CPU the page faults of new memory, about a third of
+    fresh block of tens of MB per chunk costs a CPU the page faults of new memory, a large share of
     the matmul's time)."""
     buffers = Workspace()
 

@@ -32,5 +32,5 @@ COLUMN_SLAB_CHUNKS = 2
 MIN_COLUMN_SLAB = 1024
 #: texts per group when the positive pairs are scored before the pass
 POSITIVE_GROUP = 512
-#: columns transposed at a time: a tile that stays in cache, four times the rate of a whole transpose
+#: columns transposed at a time: a tile that stays in cache, much faster than a whole transpose
 TRANSPOSE_TILE = 1024

@@ -50,7 +50,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in place: an out-of-place ReLU6 allocates a fresh activation, and first touching its pages
-        # cost 10x the clamp itself (75 vs 10 ms on a 64 x 96 x 128 x 64 batch)
+        # cost several times the clamp itself (docs/benchmarks.md, "Measured reasons")
         out = nn.functional.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
         out = nn.functional.relu6(self._bn1(self._depthwise_conv(out)), inplace=True)
         out = self._bn2(self._project_conv(out))
