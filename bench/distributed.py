@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as differentiable
 
 from tbps_bench.errors import BenchError
 
@@ -107,7 +108,7 @@ class World:
         shapes = self.shapes(tensor)
         widest = [max(sizes) for sizes in zip(*shapes, strict=True)]
         pad = [p for have, want in zip(reversed(tensor.shape), reversed(widest), strict=True) for p in (0, want - have)]
-        pieces = _AllGather.apply(torch.nn.functional.pad(tensor, pad).to(self._device())).chunk(self.size)
+        pieces = differentiable.all_gather(torch.nn.functional.pad(tensor, pad).to(self._device()))
         return torch.cat([piece[: shape[0]] for piece, shape in zip(pieces, shapes, strict=True)]).to(tensor.device)
 
     def gather_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -219,39 +220,6 @@ def batch_gatherer(world: World) -> Callable[[Any], Any]:
     return gather
 
 
-class _AllGather(torch.autograd.Function):
-    """Rows of every process (equal shapes); backward: each process's rows get the sum over the
-    processes of their gradient."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(pieces, tensor.contiguous())
-        return torch.cat(pieces)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        summed = grad.contiguous().clone()
-        dist.all_reduce(summed)
-        return summed.chunk(dist.get_world_size())[dist.get_rank()]
-
-
-class _AllReduce(torch.autograd.Function):
-    """The sum over processes; backward: the gradient's sum over processes."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.contiguous().clone()
-        dist.all_reduce(out)
-        return out
-
-
 def broadcast_state(module: torch.nn.Module, world: World) -> None:
     """Every process starts from the first process's parameters and buffers."""
     if not world.distributed:
@@ -297,10 +265,10 @@ def _global_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm, world: Wor
     comm = world._device()
     dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
     local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / max(x.shape[1], 1)])])
-    totals = _AllReduce.apply(local.to(comm)).to(x.device)
+    totals = differentiable.all_reduce(local.to(comm)).to(x.device)
     count, mean = totals[-1], totals[:-1] / totals[-1]
     centred = x - mean.view(view)
-    variance = _AllReduce.apply((centred * centred).sum(dims).to(comm)).to(x.device) / count
+    variance = differentiable.all_reduce((centred * centred).sum(dims).to(comm)).to(x.device) / count
     out = centred * torch.rsqrt(variance + module.eps).view(view)
     if module.weight is not None:
         out = out * module.weight.view(view) + module.bias.view(view)
