@@ -42,6 +42,7 @@ from tbps_bench.metrics import (
     evaluate_sharded,
     unit_rows,
 )
+from tbps_bench.options import Amp, FeatureStorage, Scoring, parsed
 from tbps_bench.provenance import provenance
 from tbps_bench.rankings import Rankings, rankings_path, write_rankings
 from tbps_bench.registry import METHODS
@@ -56,7 +57,7 @@ class EvalOptions:
     checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 64
-    amp: str = "none"
+    amp: Amp = Amp.NONE
     limit: int | None = None
     out_dir: str = "results"
     split: str = "test"
@@ -67,12 +68,16 @@ class EvalOptions:
     #: gallery items per score tile, and so the granularity of sharding (recorded with the result)
     score_tile: int = SCORE_TILE
     #: precision of the stored features (cache and memory): fp32, bf16 or fp16 (recorded)
-    feature_dtype: str = "fp32"
+    feature_dtype: FeatureStorage = FeatureStorage.FP32
     #: (query, candidate) pairs per second-stage forward pass of a ShortlistMethod
     pair_batch: int = PAIR_BATCH
     #: keep each query's top-K gallery items and scores, both directions (a ``.rankings.npz`` beside
     #: the result); None: not kept
     save_rankings: int | None = None
+
+    def __post_init__(self) -> None:  # strings from Python callers become the option types, or one line
+        self.amp = parsed(Amp, self.amp, "amp")
+        self.feature_dtype = parsed(FeatureStorage, self.feature_dtype, "feature_dtype")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,7 +194,7 @@ def load_eval_split(name: str, data_root: str | None, split: str, world: World =
 @dataclass
 class SplitEvaluation:
     retrieval: RetrievalResult
-    scoring: str  # "cosine", "pairwise" or "shortlist"
+    scoring: Scoring
     timings: dict[str, Any]
     checkpoint_sha: str | None
     #: what the evaluation decided beyond the method's protocol (a shortlist cut to the gallery)
@@ -221,7 +226,7 @@ def encode_split(
     training reads the backbone features themselves)."""
     frozen = isinstance(method, FrozenBackbone)
     common = {
-        "method": getattr(method, "registered_as", method.name),
+        "method": method.registered_as or method.name,
         "class": f"{type(method).__module__}.{type(method).__qualname__}",
         "source_sha256": source_fingerprint(type(method)),
         "arguments": method.encoder_arguments(),
@@ -324,12 +329,12 @@ def evaluate_split(
             world,
             rankings,
         )
-        scoring = "shortlist"
+        scoring = Scoring.SHORTLIST
         timings["pairwise_scoring_s"] = time.perf_counter() - start  # first stage, pairs and ranking
         protocol = {"shortlist_k_effective": effective_k, "pair_batch": options.pair_batch}
     elif isinstance(method, PairwiseMethod):
         retrieval = _evaluate_pairwise(method, split, images, texts, options.score_tile, world, timings, rankings)
-        scoring = "pairwise"
+        scoring = Scoring.PAIRWISE
     else:
         text_embeddings, image_embeddings = _embeddings(method, texts, images)
         score = cosine_scorer(options.score_tile)
@@ -342,7 +347,7 @@ def evaluate_split(
             world,
             rankings=rankings,
         )
-        scoring = "cosine"
+        scoring = Scoring.COSINE
     timings["metrics_s"] = time.perf_counter() - start
     merged = rankings.merged(world) if rankings is not None else None
     return SplitEvaluation(retrieval, scoring, timings, checkpoint_sha, protocol, merged)

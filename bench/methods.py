@@ -65,6 +65,9 @@ class Method:
     needs_pixels: bool = True
     #: False for methods without weights: --checkpoint is then refused instead of recorded unread
     reads_checkpoint: bool = True
+    #: the name the registry built it under (set by the harness): the feature cache keys on it, so
+    #: two plugins whose classes share a ``name`` never share an entry
+    registered_as: str | None = None
 
     def __init__(self, device: str | torch.device = "cpu", checkpoint: str | None = None, **options: Any):
         self.device = torch.device(device)

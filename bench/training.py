@@ -38,6 +38,7 @@ from tbps_bench.harness import (
     resolve_device,
 )
 from tbps_bench.methods import FrozenBackbone, Trainable
+from tbps_bench.options import Amp, SelectOn, parsed
 from tbps_bench.splits import EvalSplit
 
 SCHEDULE_KEYS = {
@@ -51,7 +52,6 @@ SCHEDULE_KEYS = {
     "milestones",
     "gamma",
 }
-SELECT_CHOICES = ("val", "test", "last")
 
 
 #: what a run leaves in its folder besides ``resume.pt``
@@ -63,11 +63,11 @@ class TrainOptions:
     data_root: str | None = None
     out_dir: str = "runs"
     device: str = "auto"
-    amp: str = "none"
+    amp: Amp = Amp.NONE
     resume: bool = False
     #: replace a run (best/, last/, log) found in the folder without its resume file
     overwrite: bool = False
-    select_on: str = "val"
+    select_on: SelectOn = SelectOn.VAL
     seed: int = 0
     workers: int = 0
     epochs: int | None = None
@@ -76,6 +76,10 @@ class TrainOptions:
     #: cache the frozen backbone's train-split features (FrozenBackbone methods)
     use_cache: bool = True
     method_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # strings from Python callers become the option types, or one line
+        self.amp = parsed(Amp, self.amp, "amp")
+        self.select_on = parsed(SelectOn, self.select_on, "--select-on")
 
 
 def learning_rate_factor(epoch: int, schedule: dict[str, Any]) -> float:
@@ -152,8 +156,6 @@ def train(
     With several processes each takes its slice of every global batch, the batch-level losses see
     the global batch, gradients are averaged and BatchNorm statistics are global: the update equals
     one process's on the same global batch. The first process writes checkpoints and the log."""
-    if options.select_on not in SELECT_CHOICES:
-        raise BenchError(f"--select-on must be one of {', '.join(SELECT_CHOICES)}; got {options.select_on!r}")
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     method = build_method(method_name, device, None, options.method_args)
@@ -162,7 +164,7 @@ def train(
     schedule = _merge_schedule(method, options)
     train_split = load_eval_split(dataset_name, options.data_root, "train", world)
     select_split = None
-    if options.select_on != "last":
+    if options.select_on is not SelectOn.LAST:
         try:
             select_split = load_eval_split(dataset_name, options.data_root, options.select_on, world)
         except BenchError as exc:
@@ -195,7 +197,7 @@ def train(
         "dataset": dataset_name,
         "annotation_sha256": train_split.annotation_sha256,
         "selected_on": options.select_on,
-        "selection_metric": "t2i R1" if options.select_on != "last" else None,
+        "selection_metric": "t2i R1" if options.select_on is not SelectOn.LAST else None,
         "schedule": schedule,
         "seed": options.seed,
         "max_steps_per_epoch": options.max_steps_per_epoch,

@@ -48,6 +48,17 @@ def _type(browser, text: str) -> None:
     browser.execute_script("document.getElementById('search').dispatchEvent(new Event('input'))")
 
 
+def _wait_for_rows(browser, timeout: float = 30.0) -> int:
+    """The rendered rows once the page's script has run (a large page parses its data first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _rows(browser)
+        if rows:
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"no rows rendered in {timeout} s; console: {console_errors(browser)}")
+
+
 def _settle(browser, seconds: float = 0.2) -> None:
     time.sleep(seconds)
 
@@ -66,7 +77,7 @@ def test_report_of_one_result_as_a_reader_sees_it(tmp_path, browser):
     started = time.perf_counter()
     open_page(browser, tmp_path / "report" / "index.html")
     queries = json.loads(result.read_text())["dataset"]["counts"]["captions"]
-    assert _rows(browser) == min(100, queries)
+    assert _wait_for_rows(browser) == min(100, queries)
     assert _run(browser, "return document.getElementById('count').textContent") == f"{queries} of {queries} queries"
     ranks = _run(
         browser, "return [...document.querySelectorAll('#queries .rank')].map(e => +e.textContent.split(' ')[1])"
@@ -248,8 +259,8 @@ def test_a_report_of_icfg_pedes_size_opens_and_scrolls(tmp_path, browser):
     size = page.stat().st_size
     started = time.perf_counter()
     open_page(browser, page)
+    assert _wait_for_rows(browser) == 100
     loaded = time.perf_counter() - started
-    assert _rows(browser) == 100
     for _ in range(3):  # scrolling renders the next rows
         _run(browser, "window.scrollTo(0, document.body.scrollHeight)")
         _settle(browser, 0.4)

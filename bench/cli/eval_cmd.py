@@ -6,6 +6,7 @@ import json
 import sys
 
 from tbps_bench.errors import BenchError
+from tbps_bench.options import Amp, FeatureStorage, argument
 from tbps_bench.shortlist import PAIR_BATCH
 
 
@@ -17,7 +18,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--checkpoint", help="checkpoint file for the method")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--amp", default="none", choices=["bf16", "fp16", "none"])
+    parser.add_argument("--amp", type=argument(Amp), default=Amp.NONE, choices=list(Amp))
     parser.add_argument("--limit", type=int, help="first N gallery images only (partial run)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default="results", help="folder for result files")
@@ -38,8 +39,9 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--feature-dtype",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
+        type=argument(FeatureStorage),
+        choices=list(FeatureStorage),
+        default=FeatureStorage.FP32,
         help="precision of stored features, in the cache and in memory (recorded; bf16/fp16 halve the memory)",
     )
     parser.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from tbps_bench.errors import BenchError
+from tbps_bench.options import Amp, SelectOn, argument
 
 
 def add_parser(commands) -> None:
@@ -14,15 +15,16 @@ def add_parser(commands) -> None:
     parser.add_argument("--data-root", help="dataset folder (or its parent); toy-pedes needs none")
     parser.add_argument("--config", help="the method's config: a preset name (e.g. nafs-tiny) or a JSON file")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--amp", default="none", choices=["bf16", "fp16", "none"])
+    parser.add_argument("--amp", type=argument(Amp), default=Amp.NONE, choices=list(Amp))
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run found in the output folder without its resume file"
     )
     parser.add_argument(
         "--select-on",
-        default="val",
-        choices=["val", "test", "last"],
+        type=argument(SelectOn),
+        default=SelectOn.VAL,
+        choices=list(SelectOn),
         help="split that picks the best epoch (test is recorded in every result computed from it)",
     )
     parser.add_argument("--epochs", type=int, help="override the schedule's number of epochs")
