@@ -58,6 +58,11 @@ SCHEDULE_KEYS = {
 RUN_FILES = ("best", "last", "log.jsonl")
 
 
+#: items per encoding batch of the frozen backbone's train features and of the selection pass
+#: (inference only: the training batch is the schedule's)
+ENCODE_BATCH = 64
+
+
 @dataclass
 class TrainOptions:
     data_root: str | None = None
@@ -180,7 +185,7 @@ def train(
     frozen_features = None
     if isinstance(method, FrozenBackbone):
         # the backbone never changes: its train-split features are encoded (or read from the cache) once
-        encode_options = EvalOptions(batch_size=64, amp=options.amp, workers=options.workers)
+        encode_options = EvalOptions(batch_size=ENCODE_BATCH, amp=options.amp, workers=options.workers)
         cache = FeatureCache(enabled=options.use_cache)
         images, texts, _ = encode_split(method, train_split, encode_options, cache, project=False, world=world)
         frozen_features = {
@@ -300,7 +305,8 @@ def train(
         if select_split is not None:
             # features change every epoch, except those of a frozen backbone (cached without the weights)
             cache = FeatureCache(enabled=frozen_features is not None and options.use_cache)
-            evaluation = evaluate_split(method, select_split, EvalOptions(amp=options.amp), cache, world)
+            selection = EvalOptions(batch_size=ENCODE_BATCH, amp=options.amp, workers=options.workers)
+            evaluation = evaluate_split(method, select_split, selection, cache, world)
             entry[options.select_on] = evaluation.retrieval.summary()
             score = entry[options.select_on]["t2i"]["R1"]
         else:
