@@ -59,9 +59,10 @@ class TopK:
         self.indices = torch.full((queries, k), NO_ITEM, dtype=torch.int64)
 
     def add(self, queries: slice, scores: torch.Tensor, gallery_start: int = 0) -> None:
-        """A block of queries ``queries`` (global rows) x gallery items from ``gallery_start`` on."""
-        values, indices = block_top_k(scores.detach().to("cpu", torch.float64), self.k)
-        self._merge(queries, values, indices + gallery_start)
+        """A block of queries ``queries`` (global rows) x gallery items from ``gallery_start`` on.
+        The top K is taken where the block is, in its own precision; only the K kept widen (exactly)."""
+        values, indices = block_top_k(scores.detach(), self.k)
+        self._merge(queries, values.to("cpu", torch.float64), indices.cpu() + gallery_start)
 
     def add_columns(self, gallery: slice, scores: torch.Tensor, query_start: int) -> None:
         """A block read by columns: the queries are its columns (global ``query_start`` on), the
@@ -91,9 +92,14 @@ class TopK:
         return out
 
 
+def collectors(rankings: Rankings | None) -> tuple[TopK | None, TopK | None]:
+    """The t2i and i2t collectors of ``rankings``, or two Nones when rankings are not kept."""
+    return (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
+
+
 @dataclass
 class Rankings:
-    """The collectors of both directions (``None`` fields when rankings are not asked for)."""
+    """The collectors of both directions."""
 
     k: int
     t2i: TopK
@@ -108,6 +114,15 @@ class Rankings:
     def merged(self, world: World = SINGLE) -> Rankings:
         return Rankings(self.k, self.t2i.merged(world), self.i2t.merged(world))
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{t2i,i2t}_{index,score}``: queries x K, index ``NO_ITEM`` in an empty slot."""
+        out = {}
+        for direction in DIRECTIONS:
+            collector: TopK = getattr(self, direction)
+            out[f"{direction}_index"] = collector.indices.numpy().astype(np.int64)
+            out[f"{direction}_score"] = collector.values.numpy().astype(np.float64)
+        return out
+
 
 def rankings_path(result_path: Path) -> Path:
     return result_path.with_name(result_path.stem + ".rankings.npz")
@@ -118,11 +133,7 @@ def write_rankings(path: Path, rankings: Rankings, items: dict[str, np.ndarray])
     the items they refer to (``items``: ids, file names, captions), atomically."""
     from tbps_bench.fileio import atomic_path
 
-    arrays = {**items}
-    for direction in DIRECTIONS:
-        collector: TopK = getattr(rankings, direction)
-        arrays[f"{direction}_index"] = collector.indices.numpy().astype(np.int64)
-        arrays[f"{direction}_score"] = collector.values.numpy().astype(np.float64)
+    arrays = {**items, **rankings.arrays()}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
 

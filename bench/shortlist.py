@@ -21,7 +21,7 @@ from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, feature_count, feature_rows, in_float32
 from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod, ShortlistScores
 from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction, unit_rows
-from tbps_bench.rankings import Rankings, TopK
+from tbps_bench.rankings import Rankings, TopK, collectors
 
 #: pairs per second-stage forward pass unless the caller says otherwise
 PAIR_BATCH = 256
@@ -211,7 +211,7 @@ def evaluate_shortlisted(
     t2i_second = _second_stage_of(t2i, keys, scores, lambda index: index * n_texts + torch.arange(len(index))[:, None])
     i2t_second = _second_stage_of(i2t, keys, scores, lambda index: torch.arange(len(index))[:, None] * n_texts + index)
     caption_pids, image_pids = torch.as_tensor(caption_pids), torch.as_tensor(image_pids)
-    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
+    t2i_top, i2t_top = collectors(rankings)
     result = RetrievalResult(
         t2i=_rank(method, t2i, t2i_second, text_unit, image_unit, caption_pids, image_pids, "t2i", t2i_top),
         i2t=_rank(method, i2t, i2t_second, image_unit, text_unit, image_pids, caption_pids, "i2t", i2t_top),

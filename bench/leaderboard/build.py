@@ -12,7 +12,8 @@ from tbps_bench.errors import BenchError
 from tbps_bench.leaderboard.html import assets, dataset_page, index_page, report_links
 from tbps_bench.leaderboard.render import DIRECTIONS, cmc_plot, table
 from tbps_bench.leaderboard.reported import ReportedRow, load_reported
-from tbps_bench.leaderboard.runs import BOOTSTRAP_SAMPLES, Configuration, load_runs
+from tbps_bench.leaderboard.runs import Configuration, load_runs
+from tbps_bench.metrics import BOOTSTRAP_SAMPLES
 
 GENERATED_SUFFIXES = (".md", ".csv", ".png", ".html", ".css", ".js")
 #: the list of files the last build wrote in ``--out``: only these are ever replaced or removed

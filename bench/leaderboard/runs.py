@@ -14,15 +14,13 @@ import torch
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import sha256_json
-from tbps_bench.metrics import cmc_curve
+from tbps_bench.metrics import cmc_curve, recall_at_1_interval
 from tbps_bench.results import METRIC_NAMES, load_result
 
 #: arguments that distinguish runs of one configuration rather than configurations
 RUN_ARGUMENTS = {"seed"}
 #: what a dataset or split name read from a result file must look like to become part of a file name
 SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_SEED = 20210108
 
 
 @dataclass
@@ -88,14 +86,7 @@ class Configuration:
 
     def recall_at_1_interval(self, direction: str) -> tuple[float, float]:
         """95 % bootstrap interval of R@1, resampling queries (jointly across runs)."""
-        hits = torch.stack(
-            [torch.tensor(run["per_query"][f"{direction}_first_hit_rank"]) == 1 for run in self.runs]
-        ).double()  # runs x queries
-        generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
-        samples = torch.randint(0, hits.shape[1], (BOOTSTRAP_SAMPLES, hits.shape[1]), generator=generator)
-        estimates = hits.mean(0)[samples].mean(1) * 100.0
-        low, high = torch.quantile(estimates, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-        return low, high
+        return recall_at_1_interval([run["per_query"][f"{direction}_first_hit_rank"] for run in self.runs])
 
     def checkpoints(self) -> list[str]:
         """Short hashes of the runs' checkpoints (several when training seeds differ)."""

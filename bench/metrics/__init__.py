@@ -12,7 +12,15 @@
 
 from tbps_bench.metrics.checks import unit_rows
 from tbps_bench.metrics.ranking import evaluate_direction, evaluate_embeddings, evaluate_scores
-from tbps_bench.metrics.results import DEFAULT_KS, TIE_POLICY, DirectionResult, RetrievalResult, cmc_curve
+from tbps_bench.metrics.results import (
+    BOOTSTRAP_SAMPLES,
+    DEFAULT_KS,
+    TIE_POLICY,
+    DirectionResult,
+    RetrievalResult,
+    cmc_curve,
+    recall_at_1_interval,
+)
 from tbps_bench.metrics.sharded import (
     ScoreFunction,
     Shard,
@@ -25,6 +33,7 @@ from tbps_bench.metrics.sharded import (
 from tbps_bench.metrics.tuning import DEFAULT_CHUNK_BYTES, SCORE_TILE
 
 __all__ = [
+    "BOOTSTRAP_SAMPLES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_KS",
     "SCORE_TILE",
@@ -42,5 +51,6 @@ __all__ = [
     "evaluate_sharded",
     "query_chunk_rows",
     "rank_sharded",
+    "recall_at_1_interval",
     "unit_rows",
 ]

@@ -15,7 +15,7 @@ from tbps_bench.metrics.checks import as_ids, check_finite, checked_embeddings, 
 from tbps_bench.metrics.direction import chunked, rank_direction, rows_per_chunk
 from tbps_bench.metrics.results import DEFAULT_KS, DirectionResult, RetrievalResult
 from tbps_bench.metrics.sharded import Shard, cosine_scorer, evaluate_sharded
-from tbps_bench.rankings import Rankings, TopK
+from tbps_bench.rankings import Rankings, TopK, collectors
 
 
 def evaluate_scores(
@@ -45,10 +45,8 @@ def evaluate_scores(
     t_rows = rows_per_chunk(n_image, chunk_bytes, sim.element_size())
     i_rows = rows_per_chunk(n_text, chunk_bytes, sim.element_size())
     skip = skip_queries_without_positives
-    collect = {"t2i": rankings.t2i, "i2t": rankings.i2t} if rankings is not None else {"t2i": None, "i2t": None}
-    t2i = rank_direction(
-        ((r, sim[r]) for r in chunked(n_text, t_rows)), tid, iid, ks, skip, "t2i", collector=collect["t2i"]
-    )
+    t2i_top, i2t_top = collectors(rankings)
+    t2i = rank_direction(((r, sim[r]) for r in chunked(n_text, t_rows)), tid, iid, ks, skip, "t2i", collector=t2i_top)
     i2t = rank_direction(
         ((r, sim[:, r].T.contiguous()) for r in chunked(n_image, i_rows)),
         iid,
@@ -56,7 +54,7 @@ def evaluate_scores(
         ks,
         skip,
         "i2t",
-        collector=collect["i2t"],
+        collector=i2t_top,
     )
     return RetrievalResult(t2i=t2i, i2t=i2t)
 

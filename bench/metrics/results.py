@@ -1,16 +1,31 @@
 """What an evaluation returns: per-query outcomes of each direction and the metrics they give
-(R@K, mAP, mINP), and the CMC curve."""
+(R@K, mAP, mINP), the CMC curve and the bootstrap interval of R@1."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-
-
 TIE_POLICY = "stable-by-gallery-index"
+
+
+#: resamples of the bootstrap interval of R@1, and its seed (fixed: the same interval on every build)
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 20210108
+
+
+def recall_at_1_interval(first_hit_ranks: Sequence[Sequence[int]]) -> tuple[float, float]:
+    """95 % bootstrap interval of R@1 (percent) from the first-hit ranks of one or more runs of the
+    same queries, resampling queries (jointly across runs)."""
+    hits = torch.stack([torch.tensor(ranks) == 1 for ranks in first_hit_ranks]).double()  # runs x queries
+    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
+    samples = torch.randint(0, hits.shape[1], (BOOTSTRAP_SAMPLES, hits.shape[1]), generator=generator)
+    estimates = hits.mean(0)[samples].mean(1) * 100.0
+    low, high = torch.quantile(estimates, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high
 
 
 def cmc_curve(first_hit_rank: torch.Tensor, max_rank: int = 20) -> list[float]:

@@ -26,7 +26,7 @@ from tbps_bench.metrics.kernel import (
     positive_table,
 )
 from tbps_bench.metrics.results import DEFAULT_KS, DirectionResult, RetrievalResult
-from tbps_bench.rankings import Rankings, TopK
+from tbps_bench.rankings import Rankings, TopK, collectors
 
 
 @dataclass
@@ -163,7 +163,7 @@ def evaluate_sharded(
     options = {"world": world, "ks": ks, "chunk_bytes": chunk_bytes, "skip": skip}
     step = query_chunk_rows(images.total, chunk_bytes)
     slab = _column_slab_width(images.ranges, texts.total, step, chunk_bytes)
-    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
+    t2i_top, i2t_top = collectors(rankings)
     if slab is None:
         t2i = rank_sharded(texts, images, tid, iid, score, "t2i", collector=t2i_top, **options)
         i2t = rank_sharded(images, texts, iid, tid, score, "i2t", collector=i2t_top, **options)
@@ -364,7 +364,7 @@ def evaluate_scored_once(
             kept[rows] = block
             yield rows, block
 
-    t2i_top, i2t_top = (rankings.t2i, rankings.i2t) if rankings is not None else (None, None)
+    t2i_top, i2t_top = collectors(rankings)
     t2i = rank_direction(blocks(), tid, iid, ks, skip, "t2i", own.start, world, collector=t2i_top)
     width = own.stop - own.start
     step = rows_per_chunk(texts.total, chunk_bytes)

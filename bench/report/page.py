@@ -18,6 +18,7 @@ import torch
 
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, sha256_file
+from tbps_bench.metrics import cmc_curve, recall_at_1_interval
 from tbps_bench.rankings import DIRECTIONS, NO_ITEM, read_rankings
 from tbps_bench.results import load_result
 
@@ -25,7 +26,6 @@ from tbps_bench.results import load_result
 MARKER = ".tbps-report"
 THUMBNAIL_SIZE = (48, 96)  # width x height, a person's proportions
 CMC_RANKS = 20
-BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
 COLOURS = ("#1f6feb", "#d4750b")
 
 
@@ -69,20 +69,6 @@ def _same_dataset(runs: list[ReportRun]) -> None:
             raise BenchError(f"{runs[0].path} and {runs[1].path} rank other items ({name} differ)")
 
 
-def _interval(first_hit: list[int]) -> tuple[float, float]:
-    hits = torch.tensor(first_hit) == 1
-    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
-    samples = torch.randint(0, len(hits), (BOOTSTRAP_SAMPLES, len(hits)), generator=generator)
-    estimates = hits.double()[samples].mean(1) * 100.0
-    low, high = torch.quantile(estimates, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return round(low, 2), round(high, 2)
-
-
-def _cmc(first_hit: list[int]) -> list[float]:
-    ranks = np.asarray(first_hit)
-    return [round(100.0 * float((ranks <= k).mean()), 2) for k in range(1, CMC_RANKS + 1)]
-
-
 def _cmc_svg(direction: str, runs: list[ReportRun]) -> str:
     """The CMC curves of one direction as an inline SVG (deterministic text)."""
     width, height, left, bottom = 320, 200, 36, 24
@@ -98,7 +84,7 @@ def _cmc_svg(direction: str, runs: list[ReportRun]) -> str:
         y = 8 + plot_h * (1 - value / 100)
         parts.append(f'<text x="2" y="{y + 4:.1f}" font-size="10">{value}</text>')
     for index, run in enumerate(runs):
-        curve = _cmc(run.result["per_query"][f"{direction}_first_hit_rank"])
+        curve = cmc_curve(torch.tensor(run.result["per_query"][f"{direction}_first_hit_rank"]), CMC_RANKS)
         points = " ".join(
             f"{left + plot_w * k / (CMC_RANKS - 1):.1f},{8 + plot_h * (1 - value / 100):.1f}"
             for k, value in enumerate(curve)
@@ -119,7 +105,7 @@ def _metrics_table(runs: list[ReportRun]) -> str:
     for run in runs:
         for direction in DIRECTIONS:
             metrics = run.result["metrics"][direction]
-            low, high = _interval(run.result["per_query"][f"{direction}_first_hit_rank"])
+            low, high = recall_at_1_interval([run.result["per_query"][f"{direction}_first_hit_rank"]])
             cells = [
                 html.escape(run.label),
                 direction,
@@ -214,11 +200,7 @@ def write_search_sheet(method: str, split, rankings, direction: str, out: Path) 
         "caption_ids": np.zeros(len(split.captions), dtype=np.int64),
         "image_ids": np.zeros(len(split.image_paths), dtype=np.int64),
     }
-    arrays = {
-        f"{d}_{part}": getattr(getattr(rankings, d), attribute).numpy()
-        for d in DIRECTIONS
-        for part, attribute in (("index", "indices"), ("score", "values"))
-    }
+    arrays = rankings.arrays()
     ranked = [
         {
             "label": method,
@@ -269,7 +251,8 @@ def _write_page(
 
 
 def _first_hits(run: ReportRun, direction: str) -> list[int]:
-    """Each query's first-hit rank, in query order; a query skipped for having no positive is 0."""
+    """Each query's first-hit rank, in query order; a result that skipped queries without a positive
+    is refused (its ranks no longer line up with the ranked queries)."""
     ranks = run.result["per_query"][f"{direction}_first_hit_rank"]
     queries = len(run.rankings[f"{direction}_index"])
     if len(ranks) != queries:
