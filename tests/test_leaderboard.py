@@ -363,3 +363,6 @@ def test_text_from_result_files_cannot_inject_markup_or_formulas(tmp_path):
     assert main([*args, "--reported", str(reported)]) == 0
     cells = [cell for line in (out / "toy-pedes.csv").read_text().splitlines() for cell in line.split(",")]
     assert "'=SUM(1)" in cells and "'@x" in cells and "=SUM(1)" not in cells
+    # the web page is not a spreadsheet: it shows the names as written (escaped as HTML)
+    web = (out / "toy-pedes.html").read_text()
+    assert '<td class="method">=SUM(1)</td>' in web and "'=SUM(1)" not in web

@@ -16,6 +16,8 @@ from tbps_bench.leaderboard.runs import Configuration, load_runs
 from tbps_bench.metrics import BOOTSTRAP_SAMPLES
 
 GENERATED_SUFFIXES = (".md", ".csv", ".png", ".html", ".css", ".js")
+#: generated files ``--check`` compares byte for byte (plots are compared by name only)
+TEXT_SUFFIXES = tuple(suffix for suffix in GENERATED_SUFFIXES if suffix != ".png")
 #: the list of files the last build wrote in ``--out``: only these are ever replaced or removed
 MANIFEST = ".generated-files"
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -27,7 +29,7 @@ DOMAINS = {
 
 
 def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) -> pd.DataFrame:
-    """The page's numbers as one table (``<dataset>.csv``), for people who plot."""
+    """The page's numbers as one table: ``<dataset>.csv`` for people who plot, and the web page."""
     rows = []
     for config in configs:
         for direction in DIRECTIONS:
@@ -55,7 +57,7 @@ def _dataset_frame(configs: list[Configuration], reported: list[ReportedRow]) ->
         return frame
     frame["R1_sort"] = -frame["R1"].fillna(-1.0)
     frame = frame.sort_values(["split", "domain", "direction", "R1_sort", "method"], kind="stable")
-    return frame.drop(columns="R1_sort").map(_spreadsheet_safe)
+    return frame.drop(columns="R1_sort")
 
 
 def _spreadsheet_safe(value: object) -> object:
@@ -134,7 +136,9 @@ def _render(
         text = _dataset_page(dataset, dataset_configs, reported.get(dataset, []), out)
         (out / f"{dataset}.md").write_text(text, encoding="utf-8")
         frame = _dataset_frame(dataset_configs, reported.get(dataset, []))
-        frame.to_csv(out / f"{dataset}.csv", index=False, float_format="%.4f", lineterminator="\n")
+        # only the CSV is opened by spreadsheets: the web page shows the names as written
+        csv = frame.map(_spreadsheet_safe)
+        csv.to_csv(out / f"{dataset}.csv", index=False, float_format="%.4f", lineterminator="\n")
         plots = sorted(p.name for p in out.glob(f"{dataset}-*-cmc.png"))
         links = report_links(dataset_configs, final)
         (out / f"{dataset}.html").write_text(dataset_page(dataset, frame, plots, links), encoding="utf-8")
@@ -192,7 +196,7 @@ def build_leaderboards(
         stale = sorted(
             name
             for name in new | old
-            if name.endswith((".md", ".csv", ".html", ".css", ".js"))
+            if name.endswith(TEXT_SUFFIXES)
             and (name not in new or name not in old or (staging / name).read_bytes() != (out / name).read_bytes())
         )
         stale += sorted(name for name in (new ^ old) if name.endswith(".png"))
