@@ -14,6 +14,17 @@ from typing import Any, Literal, Union
 from tbps_bench.errors import BenchError
 
 
+def accepted_arguments(factory: Any) -> set[str]:
+    """The ``--method-arg`` names a method takes: the named parameters of its ``__init__`` chain (or of
+    a factory function). The base ``Method``'s catch-all is not an argument of any method."""
+    names = set()
+    for function in _init_functions(factory):
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                names.add(parameter.name)
+    return names - {"self", "device", "checkpoint"}
+
+
 def _init_functions(factory: Any) -> list[Any]:
     from tbps_bench.methods import Method
 

@@ -139,7 +139,6 @@ def _stored_tensor(
     largest = rows.abs().amax(1)
     exponent = torch.frexp(largest).exponent.to(torch.int64)
     scale = None
-    restored_rows = None
     if dtype == torch.float16:  # powers of two: exact to apply and to undo, in float32
         power = (exponent - _FLOAT16_TOP_EXPONENT).clamp(-126, 127).to(torch.float32)
         scale = torch.exp2(power)

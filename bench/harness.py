@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 import math
 import sys
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from tbps_bench.adapters import load_dataset
-from tbps_bench.arguments import check_method_argument_values
+from tbps_bench.arguments import accepted_arguments, check_method_argument_values
 from tbps_bench.distributed import SINGLE, World, describe
 from tbps_bench.encoding import FeatureCache, count_truncated, encode_images, encode_texts
 from tbps_bench.errors import BenchError
@@ -102,22 +101,6 @@ def build_method(name: str, device: torch.device, checkpoint: str | None, args: 
         raise BenchError(f"method '{name}' built a {type(method).__name__}, not a tbps_bench Method")
     method.registered_as = name  # the feature cache keys on it: two plugins never share an entry
     return method.to(device).eval()
-
-
-def accepted_arguments(factory: Any) -> set[str]:
-    """The ``--method-arg`` names a method takes: the named parameters of its ``__init__`` chain (or of
-    a factory function). The base ``Method``'s catch-all is not an argument of any method."""
-    functions = (
-        [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__ and c not in (Method, object)]
-        if isinstance(factory, type)
-        else [factory]
-    )
-    names = set()
-    for function in functions:
-        for parameter in inspect.signature(function).parameters.values():
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-                names.add(parameter.name)
-    return names - {"self", "device", "checkpoint"}
 
 
 def check_method_arguments(name: str, args: dict[str, Any], checkpoint: str | None) -> None:

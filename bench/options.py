@@ -44,13 +44,16 @@ class Scoring(StrEnum):
 Choice = TypeVar("Choice", bound=StrEnum)
 
 
+def _choices(kind: type[StrEnum]) -> str:
+    return ", ".join(member.value for member in kind)
+
+
 def parsed(kind: type[Choice], value: object, option: str) -> Choice:
     """``value`` as ``kind``, or one line naming the option and its choices."""
     try:
         return kind(value)
     except ValueError:
-        choices = ", ".join(member.value for member in kind)
-        raise BenchError(f"{option} must be one of {choices}; got {value!r}") from None
+        raise BenchError(f"{option} must be one of {_choices(kind)}; got {value!r}") from None
 
 
 def argument(kind: type[Choice]):
@@ -62,8 +65,7 @@ def argument(kind: type[Choice]):
         try:
             return kind(value)
         except ValueError:
-            choices = ", ".join(member.value for member in kind)
-            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {choices})") from None
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {_choices(kind)})") from None
 
     convert.__name__ = kind.__name__
     return convert

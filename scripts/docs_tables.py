@@ -28,7 +28,7 @@ def _section_of(name: str) -> str | None:
 
 
 def methods_table() -> str:
-    from tbps_bench.harness import accepted_arguments
+    from tbps_bench.arguments import accepted_arguments
     from tbps_bench.methods import FrozenBackbone, PairwiseMethod, ShortlistMethod, Trainable
     from tbps_bench.registry import METHODS
 

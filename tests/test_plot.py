@@ -178,5 +178,5 @@ def test_other_methods_files_are_named(tmp_path, checkpoint, capsys):
     args = ["eval", "-m", "irra", "-d", "cuhk-pedes", "--data-root", str(FOLDER), "--checkpoint", str(checkpoint)]
     assert main([*args, "--out", str(tmp_path / "res")]) == 1
     assert "use -m plot" in capsys.readouterr().err
-    with pytest.raises(BenchError, match="whole number"):
+    with pytest.raises(BenchError, match=r"iterations must be an integer >= 1; got 0"):
         load_plot(checkpoint, iterations=0)

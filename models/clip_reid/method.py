@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from tbps_bench.errors import BenchError
 from tbps_bench.methods import Method
-from tbps_models.clip_reid.model import EMBEDDINGS, IRRA_PRESET, ClipReidModel, load_checkpoint
+from tbps_models.clip_reid.model import IRRA_PRESET, ClipReidModel, check_options, load_checkpoint
 from tbps_models.released import require_checkpoint
 
 
@@ -66,11 +65,7 @@ class RdeMethod(IrraMethod):
 
     @classmethod
     def check_arguments(cls, arguments: dict[str, Any]) -> None:
-        ratio, embedding = arguments.get("select_ratio", 0.3), arguments.get("embedding", "both")
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
-            raise BenchError(f"select_ratio must be a number in (0, 1]; got {ratio!r}")
-        if embedding not in EMBEDDINGS:
-            raise BenchError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
+        check_options(arguments.get("select_ratio", 0.3), arguments.get("embedding", "both"))
 
     def __init__(self, select_ratio: float = 0.3, embedding: str = "both", **kwargs: Any):
         self._options = {"select_ratio": select_ratio, "embedding": embedding}

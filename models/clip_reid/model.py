@@ -61,6 +61,16 @@ def _head_state(state: dict[str, torch.Tensor], prefix: str, direct: str) -> dic
     }
 
 
+def check_options(select_ratio: object, embedding: object) -> None:
+    """RDE's run options, as far as they can be checked without the checkpoint (how many tokens a
+    ratio selects depends on the file's grid and context, checked by the model)."""
+    if embedding not in EMBEDDINGS:
+        raise BenchError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
+    number = isinstance(select_ratio, int | float) and not isinstance(select_ratio, bool)
+    if not number or not 0.0 < select_ratio <= 1.0:
+        raise BenchError(f"select_ratio must be a number in (0, 1]; got {select_ratio!r}")
+
+
 class ClipReidModel(nn.Module):
     """CLIP towers plus, for RDE, the two token-selection heads; embeddings and the score matrix."""
 
@@ -73,13 +83,9 @@ class ClipReidModel(nn.Module):
         tse_size: int = 1024,
     ):
         super().__init__()
-        if embedding not in EMBEDDINGS:
-            raise BenchError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
+        check_options(select_ratio, embedding)
         if family == "irra" and embedding != "bge":
             raise BenchError("an IRRA model has the global (bge) embedding only; embedding=both|tse needs family rde")
-        number = isinstance(select_ratio, int | float) and not isinstance(select_ratio, bool)
-        if not number or not 0.0 < select_ratio <= 1.0:
-            raise BenchError(f"select_ratio must be a number in (0, 1]; got {select_ratio!r}")
         patches, text_tokens = architecture.grid[0] * architecture.grid[1], architecture.context_length - 2
         if embedding != "bge" and min(int(patches * select_ratio), int(text_tokens * select_ratio)) < 1:
             smallest = 1 / min(patches, text_tokens)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tbps_bench.arguments import at_least
 from tbps_bench.checkpoints import load_state
 from tbps_bench.errors import BenchError
 from tbps_models.clip_towers.architecture import ClipArchitecture, infer_architecture
@@ -131,8 +132,7 @@ def load_plot(path: str | Path, iterations: int = ITERATIONS) -> PlotModel:
     require(state, "plot", source, "PLOT slot modules (slots, slot_attention.*)")
     modules_beside(state, USED, TRAINING_ONLY, source, "PLOT")
     refuse_integer_weights(state, USED, source)
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-        raise BenchError(f"iterations must be a whole number of slot-attention iterations >= 1; got {iterations!r}")
+    at_least("iterations", iterations, 1)
     clip_state = {k[len(CLIP_PREFIX) :]: v for k, v in state.items() if k.startswith(CLIP_PREFIX)}
     architecture = infer_architecture(clip_state, source, PLOT_PRESET.image_size)
     if architecture.text_layers <= PLOT_PRESET.text_blocks_dropped:
