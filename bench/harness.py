@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tbps_bench.adapters import load_dataset
@@ -43,7 +42,7 @@ from tbps_bench.metrics import (
 )
 from tbps_bench.options import Amp, FeatureStorage, Scoring, parsed
 from tbps_bench.provenance import provenance
-from tbps_bench.rankings import Rankings, rankings_path, write_rankings
+from tbps_bench.rankings import Rankings, ranked_items, rankings_path, write_rankings
 from tbps_bench.registry import METHODS
 from tbps_bench.results import build_result, new_run_id, result_path, write_result
 from tbps_bench.shortlist import PAIR_BATCH, evaluate_shortlisted
@@ -481,20 +480,9 @@ def _write(
     )
     if evaluation.rankings is not None:  # written first: the result names it and its hash
         path = rankings_path(result_path(options.out_dir, result))
-        write_rankings(path, evaluation.rankings, _ranked_items(split))
+        write_rankings(path, evaluation.rankings, ranked_items(split))
         result["rankings"] = {"file": path.name, "sha256": sha256_file(path), "k": evaluation.rankings.k}
     return write_result(options.out_dir, result)
-
-
-def _ranked_items(split: EvalSplit) -> dict[str, np.ndarray]:
-    """What a rankings file's indices refer to: ids, image files, captions, the image folder."""
-    return {
-        "caption_ids": split.caption_pids.numpy().astype(np.int64),
-        "image_ids": split.image_pids.numpy().astype(np.int64),
-        "image_files": np.array(split.image_paths, dtype=str),
-        "captions": np.array(split.captions, dtype=str),
-        "image_root": np.array(str(Path(split.image_root).resolve())),
-    }
 
 
 def _checkpoint_label(path: str) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from tbps_bench.distributed import SINGLE, World
 from tbps_bench.errors import BenchError
+from tbps_bench.splits import EvalSplit
 
 #: index of an empty slot (a gallery smaller than K)
 NO_ITEM = -1
@@ -122,6 +123,17 @@ class Rankings:
             out[f"{direction}_index"] = collector.indices.numpy().astype(np.int64)
             out[f"{direction}_score"] = collector.values.numpy().astype(np.float64)
         return out
+
+
+def ranked_items(split: EvalSplit) -> dict[str, np.ndarray]:
+    """What a rankings file's indices refer to: ids, image files, captions, the image folder."""
+    return {
+        "caption_ids": split.caption_pids.numpy().astype(np.int64),
+        "image_ids": split.image_pids.numpy().astype(np.int64),
+        "image_files": np.array(split.image_paths, dtype=str),
+        "captions": np.array(split.captions, dtype=str),
+        "image_root": np.array(str(Path(split.image_root).resolve())),
+    }
 
 
 def rankings_path(result_path: Path) -> Path:

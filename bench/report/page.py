@@ -19,7 +19,7 @@ import torch
 from tbps_bench.errors import BenchError
 from tbps_bench.fileio import atomic_dir, sha256_file
 from tbps_bench.metrics import cmc_curve, recall_at_1_interval
-from tbps_bench.rankings import DIRECTIONS, NO_ITEM, read_rankings
+from tbps_bench.rankings import DIRECTIONS, NO_ITEM, ranked_items, read_rankings
 from tbps_bench.results import load_result
 
 #: a report folder holds this file; only such a folder is ever replaced
@@ -194,13 +194,7 @@ def write_report(paths: list[str | Path], out: str | Path, data_root: str | Path
 
 def write_search_sheet(method: str, split, rankings, direction: str, out: Path) -> Path:
     """The contact sheet of a ``tbps-bench search``: the same page, without metrics or match marks."""
-    items = {
-        "captions": np.array(split.captions, dtype=str),
-        "image_files": np.array(split.image_paths, dtype=str),
-        "caption_ids": np.zeros(len(split.captions), dtype=np.int64),
-        "image_ids": np.zeros(len(split.image_paths), dtype=np.int64),
-    }
-    arrays = rankings.arrays()
+    items, arrays = ranked_items(split), rankings.arrays()  # every item of a search shares one id
     ranked = [
         {
             "label": method,
