@@ -34,6 +34,8 @@ class DatasetAdapter(Protocol):
 
     # optional: ``check(quick: bool, workers: int)`` -> a report with ``ok``, ``lines()`` and
     # ``as_dict()``, for ``data check`` (an adapter without it is named by that command)
+    # optional: ``subsets(split: EvalSplit)`` -> the parts of a split that are reported on their own
+    # besides the whole (UFine3C's per-source galleries), each with its own ``split`` name
 
 
 MEMBERS = ("spec", "root", "image_root", "records", "eval_split", "split_statistics")
@@ -51,3 +53,9 @@ def load_dataset(name: str, root: str | Path | None) -> DatasetAdapter:
             f"provides {', '.join(MEMBERS)} (tbps_bench.adapters.DatasetAdapter)"
         )
     return adapter
+
+
+def evaluation_parts(adapter: DatasetAdapter, split: EvalSplit) -> list[EvalSplit]:
+    """The evaluated parts of ``split``: the split itself, then the subsets its adapter reports."""
+    subsets = getattr(adapter, "subsets", None)
+    return [split, *(subsets(split) if subsets is not None else [])]

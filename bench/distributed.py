@@ -13,7 +13,6 @@ distributed numbers the single-process numbers, bit for bit.
 from __future__ import annotations
 
 import datetime
-import functools
 import math
 import os
 import socket
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tbps_bench.errors import BenchError
 
@@ -206,7 +206,7 @@ def batch_gatherer(world: World) -> Callable[[Any], Any]:
 
     Every process then computes the same global loss. The gather's backward sums each row's
     gradient over the processes, so every gradient is ``world.size`` times its single-process value
-    until ``average_gradients`` divides the sum by the world size, as data-parallel training does."""
+    until ``data_parallel``'s average divides the sum by the world size."""
 
     def gather(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -220,63 +220,97 @@ def batch_gatherer(world: World) -> Callable[[Any], Any]:
     return gather
 
 
-def broadcast_state(module: torch.nn.Module, world: World) -> None:
-    """Every process starts from the first process's parameters and buffers."""
+def data_parallel(
+    network: torch.nn.Module, losses: Callable[[Any], dict[str, torch.Tensor]], world: World, device: torch.device
+) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """A method's loss function, run through torch's DistributedDataParallel over ``network``: the
+    first process's parameters and buffers are broadcast once, and every backward pass averages the
+    gradients over the processes (gloo on the CPU, NCCL on CUDA). In one process, ``losses`` itself.
+
+    The losses are computed on the gathered global batch (``batch_gatherer``), whose backward sums
+    each row's gradient over the processes: DistributedDataParallel's mean then gives the gradient
+    of one process on the whole global batch. Parameters a step does not use keep no gradient, as
+    in one process."""
     if not world.distributed:
-        return
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.copy_(world.broadcast(tensor.detach(), 0))
+        return losses
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    # static graph: every step computes the same losses, so the parameters a step leaves unused are
+    # found once, in the first step, instead of by a traversal of the graph in every step
+    return torch.nn.parallel.DistributedDataParallel(
+        _LossModule(network, losses), device_ids=device_ids, static_graph=True
+    )
 
 
-def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
-    """Replace each gradient by its mean over the processes (one all-reduce per dtype)."""
+class _LossModule(torch.nn.Module):
+    """A method's loss computation as one module, the form DistributedDataParallel wraps: its
+    parameters are the network's, its forward the method's ``training_losses``."""
+
+    def __init__(self, network: torch.nn.Module, losses: Callable[[Any], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.network = network
+        self._losses = losses  # a bound method of the plugin, not a module
+
+    def forward(self, inputs: Any) -> dict[str, torch.Tensor]:
+        return self._losses(inputs)
+
+
+def with_global_batch_norm(module: torch.nn.Module, world: World) -> torch.nn.Module:
+    """``module`` with batch statistics over the global batch in every BatchNorm layer while
+    training, as one process computes them: torch's SyncBatchNorm on CUDA (NCCL), and on the CPU
+    (gloo), which SyncBatchNorm refuses, ``GlobalBatchNorm``. The layers are swapped, keeping their
+    parameter and buffer objects, so state-dict keys and optimizer groups are unchanged."""
     if not world.distributed:
-        return
-    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
-    for parameter in parameters:
-        if parameter.grad is None:  # unused in this step: a zero gradient, on every process alike
-            parameter.grad = torch.zeros_like(parameter)
-        by_dtype.setdefault(parameter.grad.dtype, []).append(parameter)
-    for group in by_dtype.values():
-        flat = world.all_reduce(torch.cat([p.grad.reshape(-1) for p in group])) / world.size
-        offset = 0
-        for parameter in group:
-            count = parameter.grad.numel()
-            parameter.grad.copy_(flat[offset : offset + count].view_as(parameter.grad))
-            offset += count
+        return module
+    if world.backend == "nccl":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _swapped_batch_norm(module)
 
 
-def synchronise_batch_norm(network: torch.nn.Module, world: World) -> None:
-    """Batch statistics over the global batch in every BatchNorm layer while training, as one
-    process computes them. (torch's SyncBatchNorm serves GPUs only; this serves gloo and NCCL.)"""
-    if not world.distributed:
-        return
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
-            module.forward = functools.partial(_global_batch_norm, module, world)
+def _swapped_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        swapped = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        swapped.weight, swapped.bias = module.weight, module.bias
+        swapped.running_mean, swapped.running_var = module.running_mean, module.running_var
+        swapped.num_batches_tracked = module.num_batches_tracked
+        swapped.train(module.training)
+        return swapped
+    for name, child in module.named_children():
+        module.add_module(name, _swapped_batch_norm(child))
+    return module
 
 
-def _global_batch_norm(module: torch.nn.modules.batchnorm._BatchNorm, world: World, x: torch.Tensor) -> torch.Tensor:
-    if not module.training:
-        return type(module).forward(module, x)
-    dims = [0, *range(2, x.dim())]
-    view = [1, -1] + [1] * (x.dim() - 2)
-    comm = world._device()
-    dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
-    local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / max(x.shape[1], 1)])])
-    totals = differentiable.all_reduce(local.to(comm)).to(x.device)
-    count, mean = totals[-1], totals[:-1] / totals[-1]
-    centred = x - mean.view(view)
-    variance = differentiable.all_reduce((centred * centred).sum(dims).to(comm)).to(x.device) / count
-    out = centred * torch.rsqrt(variance + module.eps).view(view)
-    if module.weight is not None:
-        out = out * module.weight.view(view) + module.bias.view(view)
-    if module.track_running_stats and module.running_mean is not None:
-        with torch.no_grad():
-            module.num_batches_tracked += 1
-            momentum = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
-            unbiased = variance * count / (count - 1).clamp(min=1)
-            module.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-            module.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
-    return out.to(dtype)
+class GlobalBatchNorm(_BatchNorm):
+    """BatchNorm of any dimensionality whose training statistics (mean, biased variance for the
+    output, unbiased for the running estimate, in float32) cover every process's rows; evaluation
+    and a single process are torch's BatchNorm unchanged."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        view = [1, -1] + [1] * (input.dim() - 2)
+        dtype, x = input.dtype, input.float()  # statistics in float32, also under mixed precision
+        local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / max(x.shape[1], 1)])])
+        totals = differentiable.all_reduce(local)
+        count, mean = totals[-1], totals[:-1] / totals[-1]
+        centred = x - mean.view(view)
+        variance = differentiable.all_reduce((centred * centred).sum(dims)) / count
+        out = centred * torch.rsqrt(variance + self.eps).view(view)
+        if self.weight is not None:
+            out = out * self.weight.view(view) + self.bias.view(view)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = variance * count / (count - 1).clamp(min=1)
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        return out.to(dtype)

@@ -1,25 +1,25 @@
-"""Batching, device placement, mixed precision, progress and the feature cache for encoders."""
+"""Batching, device placement, mixed precision and progress for encoders (the cache: ``tbps_bench.cache``)."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from tbps_bench.errors import BenchError
 from tbps_bench.features import Features, check_features, concat_features, stored
-from tbps_bench.fileio import atomic_path, cache_root, sha256_json
 from tbps_bench.images import to_rgb
 from tbps_bench.methods import Method, as_features
 from tbps_bench.splits import EvalSplit
 
-FEATURE_CACHE_VERSION = 2
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: the entry beside a method's text features that holds whether the tokenizer cut each caption (a
+#: dotted name, which no method's feature names use)
+TRUNCATION_FLAGS = "tbps_bench.truncated"
 
 
 def progress(iterable, total: int, desc: str):
@@ -110,7 +110,8 @@ def encode_texts(
     rows: slice | None = None,
     storage: torch.dtype = torch.float32,
 ) -> Features:
-    """Features of the split's captions (or of captions ``rows``), in batches of ``batch_size``."""
+    """Features of the split's captions (or of captions ``rows``), in batches of ``batch_size``; with
+    ``TRUNCATION_FLAGS`` when the method's tokenizer reports which captions it cut."""
     parts: list[Features] = []
     who = f"method '{method.name}' encode_texts"
     span = rows or slice(0, len(split.captions))
@@ -127,42 +128,14 @@ def encode_texts(
         with autocast(method.device, amp):
             features = as_features(method.encode_texts(batch))
         check_features(features, len(captions), who)
-        parts.append(stored(features, storage, who))
+        kept = stored(features, storage, who)
+        if "truncated" in tokens:  # counted here, where the captions are tokenized, and cached with them
+            kept[TRUNCATION_FLAGS] = tokens["truncated"].to("cpu", torch.bool).reshape(-1)
+        parts.append(kept)
     return concat_features(parts)
 
 
-def count_truncated(method: Method, captions: list[str], batch_size: int) -> int | None:
-    """How many captions the method's tokenizer cuts, when it reports that (a ``truncated`` flag)."""
-    total, reported = 0, False
-    for rows in _batches(len(captions), max(batch_size, 256)):
-        flags = method.tokenize(captions[rows]).get("truncated")
-        if flags is not None:
-            reported = True
-            total += int(flags.sum())
-    return total if reported else None
-
-
-class FeatureCache:
-    """Encoded features keyed by method, checkpoint hash, annotation hash and preprocessing."""
-
-    def __init__(self, root: Path | None = None, enabled: bool = True):
-        self.root = (root or cache_root()) / "features"
-        self.enabled = enabled
-
-    def path(self, key_fields: dict[str, Any]) -> Path:
-        return self.root / f"{sha256_json({'v': FEATURE_CACHE_VERSION, **key_fields})[:40]}.safetensors"
-
-    def get_or_compute(self, key_fields: dict[str, Any], compute: Callable[[], Features]) -> tuple[Features, bool]:
-        path = self.path(key_fields)
-        if self.enabled and path.is_file():
-            try:
-                return load_file(str(path)), True
-            except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for damaged files
-                note = f"note: feature cache entry {path} is unreadable ({exc}); removed, encoding again"
-                print(note, file=sys.stderr)
-                path.unlink(missing_ok=True)
-        features = compute()
-        if self.enabled:
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
-        return features, False
+def take_truncation_flags(features: Features) -> torch.Tensor | None:
+    """Remove and return the per-caption truncation flags ``encode_texts`` keeps beside a method's
+    text features (None: the method's tokenizer does not report truncation)."""
+    return features.pop(TRUNCATION_FLAGS, None)

@@ -219,6 +219,17 @@ class PedesDataset:
             image_sources=sources,
         )
 
+    def subsets(self, split: EvalSplit) -> list[EvalSplit]:
+        """A dataset with per-image sources (UFine3C) is also evaluated per source: each source's
+        images as the gallery, their captions as the queries (split ``test/<source>``)."""
+        if not split.image_sources:
+            return []
+        parts = []
+        for source in sorted(set(split.image_sources)):
+            keep = torch.tensor([s == source for s in split.image_sources])
+            parts.append(split.subset_images(keep, source))
+        return parts
+
     def check(self, quick: bool = False, workers: int = 1):
         """``data check``: every finding about this copy (``tbps_datasets.check.Report``)."""
         from tbps_datasets.check import check_dataset

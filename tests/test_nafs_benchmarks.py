@@ -7,6 +7,8 @@ Run: ``pytest tests/test_nafs_benchmarks.py -m heavy --benchmark-enable``.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -50,24 +52,44 @@ def full_block():
     return block()
 
 
+def _fastest(rounds: int, function, *args) -> tuple[float, object]:
+    """The shortest of ``rounds`` timed calls, and the last call's output."""
+    best, out = float("inf"), None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = function(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
 @pytest.mark.heavy
 @pytest.mark.benchmark(group="nafs-pairwise-200x400")
-@pytest.mark.parametrize("name", ["batched", "official-loop", "matmul-rate"])
-def test_pairwise_scoring_speed(benchmark, full_block, name):
+def test_pairwise_scoring_speed(benchmark, full_block):
+    """The batched scorer (benchmarked) against the released per-text loop and the machine's fp32
+    matmul rate (2048^3 multiply-adds), in the same run: the same scores, at least 10x faster than
+    the loop and at least 30 % of the matmul rate (docs/benchmarks.md has the measured figures)."""
     work = useful_multiply_adds(full_block)
-    if name == "matmul-rate":
-        # the machine's fp32 rate: a large square product (2048^3 multiply-adds)
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-        benchmark.pedantic(torch.mm, args=(a, b), rounds=10, iterations=1, warmup_rounds=2)
-        work = 2048.0**3
-    else:
-        function = batched if name == "batched" else official_loop
-        rounds = 5 if name == "batched" else 2
-        benchmark.pedantic(function, args=full_block, rounds=rounds, iterations=1, warmup_rounds=1)
+    fast = benchmark.pedantic(batched, args=full_block, rounds=5, iterations=1, warmup_rounds=1)
     seconds = benchmark.stats.stats.min
-    benchmark.extra_info["useful_GMAC_per_s"] = round(work / seconds / 1e9, 2)
-    benchmark.extra_info["pairs_per_s"] = round(IMAGES * TEXTS / seconds)
-    print(f"\n{name}: {seconds:.3f} s, {work / seconds / 1e9:.1f} GMAC/s")
+    loop_seconds, loop = _fastest(2, official_loop, *full_block)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)  # warm-up
+    matmul_seconds, _ = _fastest(10, torch.mm, a, b)
+    rate, floor = work / seconds, 2048.0**3 / matmul_seconds
+    benchmark.extra_info.update(
+        {
+            "useful_GMAC_per_s": round(rate / 1e9, 2),
+            "matmul_GMAC_per_s": round(floor / 1e9, 2),
+            "loop_s": round(loop_seconds, 3),
+            "pairs_per_s": round(IMAGES * TEXTS / seconds),
+        }
+    )
+    print(
+        f"\nbatched {seconds:.3f} s ({rate / 1e9:.1f} GMAC/s, {rate / floor:.0%} of matmul); loop {loop_seconds:.2f} s"
+    )
+    assert float((fast - loop).abs().max() / loop.abs().max()) <= 1e-5
+    assert loop_seconds / seconds >= 10
+    assert rate / floor >= 0.3
 
 
 # ----------------------------------------------------------------------------- ICFG-PEDES size
@@ -119,12 +141,11 @@ def _icfg_run(storage_name: str, queue) -> None:
     the real scorer on the first query chunk (timed) and the global cosine standing in for the
     remaining chunks, whose local term would take the better part of an hour on 2 cores."""
     import re
-    import time
     from types import SimpleNamespace
 
     from tbps_bench.distributed import SINGLE
+    from tbps_bench.evaluation import _evaluate_pairwise
     from tbps_bench.features import STORAGE_DTYPES, feature_count
-    from tbps_bench.harness import _evaluate_pairwise
     from tbps_bench.metrics import Shard, query_chunk_rows
     from tbps_models.nafs.method import NafsTinyMethod
 
@@ -154,7 +175,7 @@ def _icfg_run(storage_name: str, queue) -> None:
     start = time.perf_counter()
     with torch.inference_mode():
         shards = Shard(images, [slice(0, ICFG_ITEMS)]), Shard(texts, [slice(0, ICFG_ITEMS)])
-        _evaluate_pairwise(method, split, *shards, 4096, SINGLE, {})
+        _evaluate_pairwise(method, split, *shards, 4096, SINGLE)
     total = time.perf_counter() - start
     with open("/proc/self/status") as handle:
         peak = int(re.search(r"VmHWM:\s+(\d+)", handle.read()).group(1)) * 1024

@@ -14,6 +14,23 @@ from tbps_bench.training import learning_rate_factor
 from tbps_models.nafs.presets import RELEASED_SCHEDULE
 
 SMOKE = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--max-steps", "2", "--device", "cpu"]
+RUN = "nafs-tiny/toy-pedes/seed0"
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """One smoke epoch of nafs-tiny (selected on val), trained once for the tests that start from a
+    run; each test works on its own copy (``copied_run``)."""
+    out = tmp_path_factory.mktemp("one-epoch")
+    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def copied_run(one_epoch, destination):
+    import shutil
+
+    shutil.copytree(one_epoch, destination, copy_function=shutil.copy2)
+    return destination
 
 
 def test_released_schedule():
@@ -30,15 +47,14 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch):
+    straight, resumed = tmp_path / "straight", copied_run(one_epoch, tmp_path / "resumed")
     assert main([*SMOKE, "--epochs", "2", "--out", str(straight)]) == 0
-    assert main([*SMOKE, "--epochs", "1", "--out", str(resumed)]) == 0
     assert main([*SMOKE, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
     assert "pass --resume" in capsys.readouterr().err
     assert main([*SMOKE, "--epochs", "2", "--out", str(resumed), "--resume"]) == 0
 
-    run = "nafs-tiny/toy-pedes/seed0"
+    run = RUN
     resume_state = torch.load(resumed / run / "resume.pt", weights_only=True)["method"]
     assert any(key.startswith("model.image_model.") for key in resume_state) and "loss.W" in resume_state
     assert not any("language_model" in key for key in resume_state)  # frozen: loaded again, not resumed
@@ -143,10 +159,9 @@ def test_dataset_without_val_split_suggests_a_selection(tmp_path, capsys):
     assert "has no 'val' split" in err and "--select-on last" in err
 
 
-def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
-    run = out / "nafs-tiny" / "toy-pedes" / "seed0"
+def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys, one_epoch):
+    out = copied_run(one_epoch, tmp_path / "runs")
+    run = out / RUN
     (run / "resume.pt").unlink()  # a finished run copied without it, or a crash before it was written
     before = _weights(run / "best")
     log_before = (run / "log.jsonl").read_text()
@@ -162,10 +177,9 @@ def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys):
     assert len((run / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
 
 
-def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
-    run = out / "nafs-tiny" / "toy-pedes" / "seed0"
+def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys, one_epoch):
+    out = copied_run(one_epoch, tmp_path / "runs")
+    run = out / RUN
     resume_before = (run / "resume.pt").read_bytes()
     for changed, named in (
         (["--select-on", "test"], "selected_on was 'val', now 'test'"),
@@ -178,3 +192,13 @@ def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys
         assert "continues a run started with other options" in error and named in error, error
         assert (run / "resume.pt").read_bytes() == resume_before
         assert len((run / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_damaged_resume_file_is_one_line(tmp_path, capsys):
+    run = tmp_path / "nafs-tiny" / "toy-pedes" / "seed0"
+    run.mkdir(parents=True)
+    (run / "resume.pt").write_bytes(b"PK\x03\x04 cut short")
+    args = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--resume", "--out", str(tmp_path), "--max-steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resume.pt is unreadable" in err[0] and "delete it to start over" in err[0]

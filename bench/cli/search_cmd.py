@@ -63,9 +63,11 @@ def run(args, argv) -> int:
 
     import torch
 
+    from tbps_bench.cache import FeatureCache
     from tbps_bench.cli.eval_cmd import parse_method_args
-    from tbps_bench.encoding import FeatureCache
-    from tbps_bench.harness import EvalOptions, build_method, check_method_arguments, evaluate_split, resolve_device
+    from tbps_bench.evaluation import EvalSettings, evaluate_split
+    from tbps_bench.fileio import sha256_path
+    from tbps_bench.harness import build_method, check_method_arguments, resolve_device
     from tbps_bench.report.page import write_search_sheet
     from tbps_bench.splits import EvalSplit
 
@@ -89,15 +91,14 @@ def run(args, argv) -> int:
     )
     device = resolve_device(args.device)
     method = build_method(args.method, device, args.checkpoint, method_args)
-    options = EvalOptions(
-        checkpoint=args.checkpoint,
-        device=str(device),
-        batch_size=args.batch_size,
-        method_args=method_args,
-        use_cache=not args.no_cache,
-        save_rankings=args.top,
+    evaluation = evaluate_split(
+        method,
+        split,
+        EvalSettings(batch_size=args.batch_size),
+        FeatureCache(enabled=not args.no_cache),
+        checkpoint_sha=sha256_path(args.checkpoint) if args.checkpoint else None,
+        rankings_k=args.top,
     )
-    evaluation = evaluate_split(method, split, options, FeatureCache(enabled=options.use_cache))
     top = getattr(evaluation.rankings, direction)
     for query, (indices, scores) in enumerate(zip(top.indices.tolist(), top.values.tolist(), strict=True)):
         print(sentences[query] if direction == "t2i" else files[query])
@@ -106,6 +107,6 @@ def run(args, argv) -> int:
             if index >= 0:
                 print(f"  {place:>3}  {score:+.4f}  {gallery[index]}")
     page = write_search_sheet(args.method, split, evaluation.rankings, direction, Path(args.out))
-    hits = evaluation.timings.get("cache_hits", {})
-    print(f"wrote {page} (image features {'from the cache' if hits.get('images') else 'encoded'})", file=sys.stderr)
+    cached = evaluation.timings.encode.images_cached
+    print(f"wrote {page} (image features {'from the cache' if cached else 'encoded'})", file=sys.stderr)
     return 0

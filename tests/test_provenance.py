@@ -1,0 +1,19 @@
+"""Provenance: the hardware a number was measured on."""
+
+from __future__ import annotations
+
+import torch
+
+from tbps_bench.cli import main
+from tbps_bench.results import load_result
+
+
+def test_provenance_records_the_hardware(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read by oneDNN at its first use; recorded as given
+    assert main(["eval", "-m", "oracle", "-d", "toy-pedes", "--limit", "8", "--out", str(tmp_path)]) == 0
+    result = load_result(next(tmp_path.rglob("*.json")))
+    hardware = result["provenance"]["hardware"]
+    assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert hardware["onednn_max_cpu_isa"] == "AVX2"
+    assert hardware["torch_threads"] == torch.get_num_threads() and hardware["cpu_model"]
+    assert {"cuda", "cudnn", "gpus", "deterministic_algorithms"} <= set(hardware)
