@@ -52,3 +52,11 @@ def minilm_folder():
 @pytest.fixture(scope="session")
 def offline_vocab(minilm_folder):
     return minilm_folder / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT on the offline MiniLM's vocabulary (``tests/tiny_bert.py``)."""
+    from tiny_bert import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -122,11 +122,13 @@ def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_acros
         assert float((resumed[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
 
 
-def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, monkeypatch):
-    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
+def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert):
+    """BatchNorm layers in the ResNet trunk (GlobalBatchNorm) and NAFS's batch-level losses; a tiny
+    text encoder, since the loop is under test."""
     train = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--epochs", "1", "--max-steps", "1", "--select-on", "last"]
+    train += ["--method-arg", f"text_encoder={tiny_bert}"]
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
-    run = torchrun([*train, "--out", str(tmp_path / "two")], tmp_path / "cache")
+    run = torchrun([*train, "--out", str(tmp_path / "two")], Path(os.environ["TBPS_BENCH_CACHE"]))  # the session's
     assert run.returncode == 0, run.stderr[-3000:]
     log = "nafs-tiny/toy-pedes/seed0/log.jsonl"
     alone = json.loads((tmp_path / "one" / log).read_text())["losses"]

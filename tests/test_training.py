@@ -13,16 +13,22 @@ from tbps_bench.results import load_result
 from tbps_bench.training import learning_rate_factor
 from tbps_models.nafs.presets import RELEASED_SCHEDULE
 
-SMOKE = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--max-steps", "2", "--device", "cpu"]
 RUN = "nafs-tiny/toy-pedes/seed0"
 
 
 @pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
+def smoke(tiny_bert):
+    """nafs-tiny for 2 steps an epoch, on a tiny random BERT: the loop is under test, not MiniLM."""
+    base = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--max-steps", "2", "--device", "cpu"]
+    return [*base, "--method-arg", f"text_encoder={tiny_bert}"]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, smoke):
     """One smoke epoch of nafs-tiny (selected on val), trained once for the tests that start from a
     run; each test works on its own copy (``copied_run``)."""
     out = tmp_path_factory.mktemp("one-epoch")
-    assert main([*SMOKE, "--epochs", "1", "--out", str(out)]) == 0
+    assert main([*smoke, "--epochs", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -47,12 +53,12 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch):
+def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch, smoke):
     straight, resumed = tmp_path / "straight", copied_run(one_epoch, tmp_path / "resumed")
-    assert main([*SMOKE, "--epochs", "2", "--out", str(straight)]) == 0
-    assert main([*SMOKE, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
+    assert main([*smoke, "--epochs", "2", "--out", str(straight)]) == 0
+    assert main([*smoke, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
     assert "pass --resume" in capsys.readouterr().err
-    assert main([*SMOKE, "--epochs", "2", "--out", str(resumed), "--resume"]) == 0
+    assert main([*smoke, "--epochs", "2", "--out", str(resumed), "--resume"]) == 0
 
     run = RUN
     resume_state = torch.load(resumed / run / "resume.pt", weights_only=True)["method"]
@@ -107,7 +113,7 @@ def test_best_is_a_linked_copy_of_last_that_a_later_last_leaves_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]  # no temporary folder left
 
 
-def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch, capsys):
+def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch, capsys, smoke):
     """``prepare_epoch`` sees exactly the captions of the steps that run; nafs-tiny's frozen text
     encoder encodes them there, once, and its steps find every caption already encoded."""
     from tbps_models.nafs.method import NafsMethod
@@ -120,23 +126,23 @@ def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch,
     read: list[list[str]] = []
     losses = NafsMethod.training_losses
     monkeypatch.setattr(NafsMethod, "training_losses", lambda self, b: read.append(b["captions"]) or losses(self, b))
-    assert main([*SMOKE, "--epochs", "2", "--select-on", "last", "--out", str(tmp_path)]) == 0
+    assert main([*smoke, "--epochs", "2", "--select-on", "last", "--out", str(tmp_path)]) == 0
     steps = [sorted(c for batch in read[k : k + 2] for c in batch) for k in (0, 2)]
     assert len(read) == 4 and [sorted(c) for c in announced] == steps  # two steps of 32 captions an epoch
     assert [c for c in encoded if c] == [sorted(set(steps[0])), sorted(set(steps[1]) - set(steps[0]))]  # each once
     assert "frozen text encoder: 64 train captions, encoded once" in capsys.readouterr().err
 
 
-def test_selection_on_test_is_recorded(tmp_path):
-    assert main([*SMOKE, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0
+def test_selection_on_test_is_recorded(tmp_path, smoke):
+    assert main([*smoke, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "nafs-tiny/toy-pedes/seed0/best/config.json").read_text())["meta"]
     assert meta["selected_on"] == "test"
 
 
-def test_untrainable_method_and_bad_flags(tmp_path, capsys):
+def test_untrainable_method_and_bad_flags(tmp_path, capsys, smoke):
     assert main(["train", "-m", "random", "-d", "toy-pedes", "--out", str(tmp_path)]) == 2
     assert "cannot be trained" in capsys.readouterr().err
-    assert main([*SMOKE, "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert main([*smoke, "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
 
 
@@ -159,25 +165,25 @@ def test_dataset_without_val_split_suggests_a_selection(tmp_path, capsys):
     assert "has no 'val' split" in err and "--select-on last" in err
 
 
-def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys, one_epoch):
+def test_a_run_without_its_resume_file_is_never_overwritten(tmp_path, capsys, one_epoch, smoke):
     out = copied_run(one_epoch, tmp_path / "runs")
     run = out / RUN
     (run / "resume.pt").unlink()  # a finished run copied without it, or a crash before it was written
     before = _weights(run / "best")
     log_before = (run / "log.jsonl").read_text()
     capsys.readouterr()
-    assert main([*SMOKE, "--epochs", "1", "--out", str(out), "--method-arg", "config=nafs-tiny"]) == 2
+    assert main([*smoke, "--epochs", "1", "--out", str(out), "--method-arg", "config=nafs-tiny"]) == 2
     error = capsys.readouterr().err
     assert "holds a finished or partial run (best, last, log.jsonl) without its resume file" in error
     assert "--overwrite" in error
     after = _weights(run / "best")
     assert all(bool((before[k] == after[k]).all()) for k in before)
     assert (run / "log.jsonl").read_text() == log_before
-    assert main([*SMOKE, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    assert main([*smoke, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
     assert len((run / "log.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
 
 
-def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys, one_epoch):
+def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys, one_epoch, smoke):
     out = copied_run(one_epoch, tmp_path / "runs")
     run = out / RUN
     resume_before = (run / "resume.pt").read_bytes()
@@ -187,7 +193,7 @@ def test_resume_refuses_other_options_than_the_run_it_continues(tmp_path, capsys
         (["--max-steps", "3"], "max_steps_per_epoch was 2, now 3"),
     ):
         capsys.readouterr()
-        assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--resume", *changed]) == 2
+        assert main([*smoke, "--epochs", "2", "--out", str(out), "--resume", *changed]) == 2
         error = capsys.readouterr().err
         assert "continues a run started with other options" in error and named in error, error
         assert (run / "resume.pt").read_bytes() == resume_before
