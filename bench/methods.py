@@ -65,6 +65,10 @@ class Method:
     needs_pixels: bool = True
     #: False for methods without weights: --checkpoint is then refused instead of recorded unread
     reads_checkpoint: bool = True
+    #: what makes this method small enough for the smoke test over every registered method (a few
+    #: toy-pedes items): ``--method-arg`` values (``key=value``) or an option and its value
+    #: (``"--checkpoint", PATH``); ``{fixtures}`` stands for the repository's ``tests/fixtures``
+    smoke_arguments: tuple[str, ...] = ()
     #: the name the registry built it under (set by the harness): the feature cache keys on it, so
     #: two plugins whose classes share a ``name`` never share an entry
     registered_as: str | None = None

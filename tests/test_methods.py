@@ -7,7 +7,6 @@ import lzma
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,6 @@ from tbps_bench.harness import load_eval_split
 from tbps_bench.metrics.definition import brute_force
 from tbps_bench.registry import METHODS
 from tbps_bench.results import load_result
-
-from tiny_clip import write_tiny_clip
 
 LIMIT = 24
 
@@ -40,52 +37,36 @@ def _oracle_scores(path: Path) -> Path:
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _plot_checkpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "plot.pth"
-    path.write_bytes(lzma.decompress((FIXTURES / "plot_reference" / "plot_checkpoint.pth.xz").read_bytes()))
-    return path
-
-
-def _tiny_arguments(tmp_path: Path) -> dict[str, Callable[[], list[str]]]:
-    """Command-line arguments that make each registered method small (``--method-arg`` values, or
-    ``--checkpoint``), made when asked for; a new method must add itself here."""
-    return {
-        "random": lambda: [],
-        "oracle": lambda: [],
-        "nafs": lambda: ["config=nafs-tiny"],
-        "nafs-tiny": lambda: [],
-        "frozen-linear": lambda: ["dim=32"],
-        "precomputed": lambda: [f"file={_oracle_scores(tmp_path / 'scores.npz')}"],
-        "clip": lambda: [f"model={write_tiny_clip(tmp_path / 'clip')}", "image_height=64", "image_width=32"],
-        "cmpm-cmpc": lambda: ["trunk=resnet18", "image_height=64", "image_width=32"],
-        "irra": lambda: ["--checkpoint", str(FIXTURES / "irra_reference" / "irra_checkpoint.pth")],
-        "rde": lambda: ["--checkpoint", str(FIXTURES / "rde_reference" / "rde_checkpoint.pth")],
-        "rasa": lambda: ["--checkpoint", str(FIXTURES / "rasa_reference" / "rasa_checkpoint.pth"), "k=3"],
-        "mars": lambda: ["--checkpoint", str(FIXTURES / "mars_reference" / "mars_checkpoint.pth"), "k=3"],
-        "plot": lambda: ["--checkpoint", str(_plot_checkpoint(tmp_path))],
-        "tbps-clip": lambda: ["--checkpoint", str(FIXTURES / "tbps_clip_reference" / "tbps_clip_checkpoint.pth")],
-        "aptm": lambda: [
-            "--checkpoint",
-            str(FIXTURES / "aptm_reference" / "aptm_checkpoint.pth"),
-            "k=3",
-            "stats=cuhk-pedes",
-        ],
-    }
+def _declared_smoke_arguments(name: str, tmp_path: Path) -> list[str]:
+    """What a method declares next to its code (``smoke_arguments``): ``{fixtures}`` is this
+    repository's ``tests/fixtures``, and a ``.xz`` fixture (committed compressed) is decompressed."""
+    arguments = []
+    for value in getattr(METHODS.load(name), "smoke_arguments", ()):
+        value = value.replace("{fixtures}", str(FIXTURES))
+        if value.endswith(".xz"):
+            compressed = Path(value)
+            value = str(tmp_path / compressed.stem)
+            Path(value).write_bytes(lzma.decompress(compressed.read_bytes()))
+        arguments.append(value)
+    return arguments
 
 
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_every_registered_method_evaluates_at_tiny_size(name, tmp_path):
-    arguments = _tiny_arguments(tmp_path)
-    assert name in arguments, f"add tiny smoke arguments for the new method '{name}'"
+    """timm's pattern: every registered method, at the small size it declares beside its code
+    (``Method.smoke_arguments``: ``--method-arg`` values, or an option and its value), evaluates
+    both directions on a few toy-pedes items. There is no list here to add a new method to."""
+    declared = _declared_smoke_arguments(name, tmp_path)
     args = ["eval", "-m", name, "-d", "toy-pedes", "--limit", str(LIMIT), "--out", str(tmp_path / "res")]
     args += ["--device", "cpu"]
-    values = iter(arguments[name]())
+    values = iter(declared)
     for value in values:
         args += [value, next(values)] if value.startswith("--") else ["--method-arg", value]
-    assert main(args) == 0
+    assert main(args) == 0, f"method '{name}' with its smoke_arguments {declared} did not evaluate"
     result = load_result(next((tmp_path / "res").rglob("*.json")))
     assert result["status"] == "partial"
     assert result["method"]["origin"] == "builtin"
+    assert set(result["metrics"]) >= {"t2i", "i2t"}
 
 
 def test_precomputed_scores_and_embeddings(tmp_path):

@@ -70,6 +70,7 @@ class AptmMethod(CrossEncoderMethod):
     / 64 otherwise). ``--checkpoint``: the authors' ``checkpoint.pth``."""
 
     name = "aptm"
+    smoke_arguments = ("--checkpoint", "{fixtures}/aptm_reference/aptm_checkpoint.pth", "k=3", "stats=cuhk-pedes")
     second_stage = "itm"
 
     @classmethod

@@ -65,6 +65,7 @@ class ClipMethod(Trainable, Method):
     ``--checkpoint`` takes a folder written by ``tbps-bench train -m clip``."""
 
     name = "clip"
+    smoke_arguments = ("model={fixtures}/smoke/tiny_clip", "image_height=64", "image_width=32")
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ class IrraMethod(Method):
     in-domain or cross-domain table). ``--checkpoint``: the authors' ``best.pth``."""
 
     name = "irra"
+    smoke_arguments = ("--checkpoint", "{fixtures}/irra_reference/irra_checkpoint.pth")
     family = "irra"
 
     def __init__(self, trained_on: str | None = None, **kwargs: Any):
@@ -61,6 +62,7 @@ class RdeMethod(IrraMethod):
     ``embedding`` (both | bge | tse: RDE's three reported rows)."""
 
     name = "rde"
+    smoke_arguments = ("--checkpoint", "{fixtures}/rde_reference/rde_checkpoint.pth")
     family = "rde"
 
     @classmethod

@@ -66,6 +66,7 @@ class CmpmCmpcMethod(Trainable, Method):
     ``min_count`` (2), ``image_height`` / ``image_width`` (384 x 128)."""
 
     name = "cmpm-cmpc"
+    smoke_arguments = ("trunk=resnet18", "image_height=64", "image_width=32")
 
     def __init__(
         self,

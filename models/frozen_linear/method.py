@@ -44,6 +44,7 @@ class FrozenLinearMethod(FrozenBackbone, Trainable, Method):
     by default), ``image_weights`` (EfficientNet-Lite0 state dict; the packaged one by default)."""
 
     name = "frozen-linear"
+    smoke_arguments = ("dim=32",)
 
     @classmethod
     def check_arguments(cls, arguments: dict[str, Any]) -> None:

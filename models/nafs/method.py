@@ -42,6 +42,7 @@ class NafsMethod(Trainable, PairwiseMethod):
     ``--checkpoint``: a tbps-bench checkpoint folder, or a file in the authors' release format."""
 
     name = "nafs"
+    smoke_arguments = ("config=nafs-tiny",)
     default_preset = "nafs"
 
     def __init__(
@@ -358,4 +359,5 @@ class NafsTinyMethod(NafsMethod):
     """``nafs-tiny``: ResNet-18 at 64 x 32, frozen MiniLM text encoder; trains on toy-pedes on a CPU."""
 
     name = "nafs-tiny"
+    smoke_arguments = ()
     default_preset = "nafs-tiny"

@@ -24,6 +24,7 @@ class PlotMethod(PairwiseMethod):
     under torchrun); each block is one matrix product of the stored vectors."""
 
     name = "plot"
+    smoke_arguments = ("--checkpoint", "{fixtures}/plot_reference/plot_checkpoint.pth.xz")
 
     @classmethod
     def check_arguments(cls, arguments: dict[str, Any]) -> None:

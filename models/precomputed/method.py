@@ -47,6 +47,7 @@ def precomputed(file: str | None = None, label: str | None = None, **kwargs: Any
 
 
 precomputed.reads_checkpoint = False  # the file is the method's whole state
+precomputed.smoke_arguments = ("file={fixtures}/smoke/toy_pedes_test_24_oracle.npz",)  # the first 24 test images
 
 
 class PrecomputedEmbeddings(Method):

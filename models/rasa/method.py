@@ -26,6 +26,7 @@ class RasaMethod(CrossEncoderMethod):
     ``vision_heads``. ``--checkpoint``: the authors' ``checkpoint.pth``."""
 
     name = "rasa"
+    smoke_arguments = ("--checkpoint", "{fixtures}/rasa_reference/rasa_checkpoint.pth", "k=3")
     family = Family.RASA
 
     def __init__(
@@ -84,4 +85,5 @@ class MarsMethod(RasaMethod):
     in the shapes: half the layers, as the released ``config_bert-fullca.json``."""
 
     name = "mars"
+    smoke_arguments = ("--checkpoint", "{fixtures}/mars_reference/mars_checkpoint.pth", "k=3")
     family = Family.MARS

@@ -17,6 +17,7 @@ class TbpsClipMethod(Method):
     variant; which one is read from the file and recorded)."""
 
     name = "tbps-clip"
+    smoke_arguments = ("--checkpoint", "{fixtures}/tbps_clip_reference/tbps_clip_checkpoint.pth")
 
     def __init__(self, trained_on: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
