@@ -3,6 +3,7 @@ plugins get their own entries; a damaged entry is named, removed and computed ag
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -172,3 +173,14 @@ def test_a_damaged_cache_entry_is_named_removed_and_recomputed(tmp_path, capsys)
     assert err.count("is unreadable") == 2 and str(damaged[0]) in err
     assert healed["metrics"] == first["metrics"]
     assert _eval(args, tmp_path / "c")["timings"]["cache_hits"] == {"images": True, "texts": True}
+
+
+def test_rerun_uses_the_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "fresh-cache"))
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)]) == 0
+    assert main(["eval", "-m", "random", "-d", "toy-pedes", "--out", str(out)]) == 0
+    first, second = (json.loads(p.read_text()) for p in sorted(out.rglob("*.json")))
+    hits = sorted([first["timings"]["cache_hits"]["images"], second["timings"]["cache_hits"]["images"]])
+    assert hits == [False, True]
+    assert first["metrics"] == second["metrics"]

@@ -3,6 +3,7 @@ Ctrl-C writes nothing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,70 @@ def test_ctrl_c_stops_with_130_and_writes_nothing(tmp_path):
     assert child.returncode == 130, err[-2000:]
     assert "interrupted (Ctrl-C)" in err
     assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))]
+
+
+def test_eval_oracle_scores_100_and_random_is_chance(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "oracle,random", "-d", "toy-pedes", "--out", str(out), "--device", "cpu"]) == 0
+    results = {r["method"]["name"]: r for r in _results(out)}
+    assert set(results) == {"oracle", "random"}
+    assert all(v == 100.0 for d in results["oracle"]["metrics"].values() for v in d.values())
+    assert results["random"]["metrics"]["t2i"]["R1"] < 20.0
+    table = capsys.readouterr().out
+    assert "oracle @ toy-pedes/test" in table
+
+
+def test_result_file_records_everything_and_is_strict_json(tmp_path):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "random", "-d", "toy-pedes", "--out", str(out), "--method-arg", "seed=3"]) == 0
+    (path,) = sorted(out.rglob("*.json"))
+    text = path.read_text()
+    result = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert result["schema_version"] == 2 and result["status"] == "complete"
+    assert result["method"]["arguments"] == {"seed": 3, "dim": 64}
+    assert result["method"]["origin"] == "builtin"
+    assert result["dataset"]["counts"] == {"ids": 50, "images": 200, "captions": 400}
+    assert len(result["dataset"]["annotation_sha256"]) == 64
+    assert result["protocol"]["tie_policy"] == "stable-by-gallery-index"
+    assert result["protocol"]["directions"] == ["t2i", "i2t"] and result["protocol"]["ks"] == [1, 5, 10]
+    for field in ("first_hit_rank", "average_precision", "inverse_negative_penalty"):
+        assert len(result["per_query"][f"t2i_{field}"]) == 400 and len(result["per_query"][f"i2t_{field}"]) == 200
+    provenance = result["provenance"]
+    assert {"package_version", "git", "python", "libraries", "device", "hardware", "seed", "argv"} <= set(provenance)
+    assert "--out" in provenance["argv"]
+    assert str(tmp_path) not in text and "/root" not in text and "/home" not in text
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_limit_marks_the_result_partial(tmp_path):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "oracle", "-d", "toy-pedes", "--out", str(out), "--limit", "40"]) == 0
+    (result,) = _results(out)
+    assert result["status"] == "partial" and result["dataset"]["counts"]["images"] == 40
+
+
+def test_an_unknown_method_stops_the_command_before_any_work(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "oracle,oracel", "-d", "toy-pedes", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'oracel'; did you mean 'oracle'?" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ("toy-pedes,toy-pedz", "unknown dataset 'toy-pedz'; did you mean 'toy-pedes'"),
+        ("toy-pedes,cuhk-pedes", "dataset 'cuhk-pedes' needs --data-root"),
+    ],
+)
+def test_a_dataset_that_cannot_be_found_stops_the_command_before_any_work(tmp_path, capsys, datasets, message):
+    out = tmp_path / "results"
+    assert main(["eval", "-m", "random", "-d", datasets, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()  # toy-pedes, named first, was not evaluated either
