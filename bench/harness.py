@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +59,8 @@ class EvalOptions:
         self.feature_dtype = parsed(FeatureStorage, self.feature_dtype, "feature_dtype")
 
     def settings(self) -> EvalSettings:
-        """How each split is encoded and scored."""
-        return EvalSettings(
-            batch_size=self.batch_size,
-            amp=self.amp,
-            workers=self.workers,
-            feature_dtype=self.feature_dtype,
-            score_tile=self.score_tile,
-            pair_batch=self.pair_batch,
-        )
+        """How each split is encoded and scored (the options of the same names)."""
+        return EvalSettings(**{setting.name: getattr(self, setting.name) for setting in fields(EvalSettings)})
 
 
 @dataclass(frozen=True)
