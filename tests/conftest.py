@@ -60,3 +60,12 @@ def tiny_bert(tmp_path_factory):
     from tiny_bert import write_tiny_bert
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def small_toy(tmp_path_factory):
+    """A small toy-pedes in the CUHK-PEDES layout (40 ids: 24 train, 8 val, 8 test; 4 images each),
+    read with ``-d cuhk-pedes --data-root``: training loops under test, not the data's size."""
+    from tbps_datasets.toy import ToyConfig, ensure_generated
+
+    return ensure_generated(ToyConfig(ids=40, val_ids=8, test_ids=8), root=tmp_path_factory.mktemp("small-toy"))

@@ -99,18 +99,21 @@ def _weights(run_folder: Path) -> dict:
     return load_file(str(run_folder / "projections.safetensors"))
 
 
-def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_across_world_sizes(tmp_path, monkeypatch):
+def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_across_world_sizes(
+    tmp_path, monkeypatch, small_toy
+):
+    """A FrozenBackbone method: its cached train features gathered, 3 steps an epoch on a small toy."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
-    train = ["train", "-m", "frozen-linear", "-d", "toy-pedes", "--epochs", "2"]
+    train = ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "2"]
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
     run = torchrun([*train, "--out", str(tmp_path / "two")], cache)  # reads the train features the first run cached
     assert run.returncode == 0, run.stderr[-3000:]
-    folder = "frozen-linear/toy-pedes/seed0/last"
+    folder = "frozen-linear/cuhk-pedes/seed0/last"
     alone, shared = _weights(tmp_path / "one" / folder), _weights(tmp_path / "two" / folder)
     for name, expected in alone.items():
         assert float((shared[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
-    log_file = tmp_path / "two/frozen-linear/toy-pedes/seed0/log.jsonl"
+    log_file = tmp_path / "two/frozen-linear/cuhk-pedes/seed0/log.jsonl"
     log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2]  # one log, written once per epoch
     # one epoch with 2 processes, then the second with 1 process: the same weights as straight through

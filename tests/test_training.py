@@ -1,4 +1,5 @@
-"""The shared training loop, driven through ``tbps-bench train`` with nafs-tiny on toy-pedes."""
+"""The shared training loop, driven through ``tbps-bench train`` with nafs-tiny on a small toy-pedes
+(read as cuhk-pedes from its folder)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from tbps_bench.results import load_result
 from tbps_bench.training import learning_rate_factor
 from tbps_models.nafs.presets import RELEASED_SCHEDULE
 
-RUN = "nafs-tiny/toy-pedes/seed0"
+RUN = "nafs-tiny/cuhk-pedes/seed0"
 
 
 @pytest.fixture(scope="module")
-def smoke(tiny_bert):
-    """nafs-tiny for 2 steps an epoch, on a tiny random BERT: the loop is under test, not MiniLM."""
-    base = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--max-steps", "2", "--device", "cpu"]
+def smoke(tiny_bert, small_toy):
+    """nafs-tiny for 2 steps an epoch, on a tiny random BERT and a small toy-pedes: the loop is under
+    test, not MiniLM or the data's size."""
+    base = ["train", "-m", "nafs-tiny", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--max-steps", "2"]
+    base += ["--device", "cpu"]
     return [*base, "--method-arg", f"text_encoder={tiny_bert}"]
 
 
@@ -53,7 +56,7 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch, smoke):
+def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch, smoke, small_toy):
     straight, resumed = tmp_path / "straight", copied_run(one_epoch, tmp_path / "resumed")
     assert main([*smoke, "--epochs", "2", "--out", str(straight)]) == 0
     assert main([*smoke, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
@@ -73,11 +76,11 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch, smoke
 
     out = tmp_path / "results"
     checkpoint = straight / run / "best"
-    args = ["eval", "-m", "nafs-tiny", "-d", "toy-pedes", "--checkpoint", str(checkpoint), "--out", str(out)]
-    assert main(args) == 0
+    evaluate = ["eval", "-m", "nafs-tiny", "-d", "cuhk-pedes", "--data-root", str(small_toy)]
+    assert main([*evaluate, "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     result = load_result(next(out.rglob("*.json")))
     training = result["method"]["training"]
-    assert result["method"]["trained_on"] == "toy-pedes"
+    assert result["method"]["trained_on"] == "cuhk-pedes"
     assert training["selected_on"] == "val" and training["max_steps_per_epoch"] == 2
     assert training["optimizer"] == {"name": "Adam", "fused": True}  # its bits differ from the per-tensor Adam's
     assert result["protocol"]["rerank"] == "none" and result["protocol"]["shortlist_k"] is None
@@ -89,7 +92,7 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, one_epoch, smoke
     logged = [json.loads(line) for line in (straight / run / "log.jsonl").read_text().splitlines()][-1]["val"]
     val_out = tmp_path / "val"
     last = straight / run / "last"
-    assert main([*args[:5], "--checkpoint", str(last), "--split", "val", "--out", str(val_out)]) == 0
+    assert main([*evaluate, "--checkpoint", str(last), "--split", "val", "--out", str(val_out)]) == 0
     fresh = load_result(next(val_out.rglob("*.json")))["metrics"]
     for direction in ("t2i", "i2t"):
         assert {k: fresh[direction][k] for k in logged[direction]} == logged[direction]
@@ -135,7 +138,7 @@ def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch,
 
 def test_selection_on_test_is_recorded(tmp_path, smoke):
     assert main([*smoke, "--epochs", "1", "--select-on", "test", "--out", str(tmp_path)]) == 0
-    meta = json.loads((tmp_path / "nafs-tiny/toy-pedes/seed0/best/config.json").read_text())["meta"]
+    meta = json.loads((tmp_path / RUN / "best/config.json").read_text())["meta"]
     assert meta["selected_on"] == "test"
 
 
