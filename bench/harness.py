@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tbps_bench.adapters import evaluation_parts, load_dataset
+from tbps_bench.adapters import DatasetAdapter, evaluation_parts, load_dataset
 from tbps_bench.arguments import accepted_arguments, check_method_argument_values
 from tbps_bench.cache import FeatureCache
 from tbps_bench.distributed import SINGLE, World, describe
@@ -131,7 +131,15 @@ def locate_datasets(names: list[str], data_root: str | None, world: World = SING
 def load_eval_split(name: str, data_root: str | None, split: str, world: World = SINGLE) -> EvalSplit:
     """One split of a dataset; in a distributed job the processes load it in turn, so that the first
     one prepares the dataset's caches alone."""
-    return world.in_turn(lambda: load_dataset(name, data_root).eval_split(split))
+    return _adapter_and_split(name, data_root, split, world)[1]
+
+
+def _adapter_and_split(name: str, data_root: str | None, split: str, world: World) -> tuple[DatasetAdapter, EvalSplit]:
+    def load() -> tuple[DatasetAdapter, EvalSplit]:
+        adapter = load_dataset(name, data_root)
+        return adapter, adapter.eval_split(split)
+
+    return world.in_turn(load)
 
 
 def run_eval(
@@ -142,8 +150,8 @@ def run_eval(
     them; the others return an empty list)."""
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
-    adapter = world.in_turn(lambda: load_dataset(dataset_name, options.data_root))
-    split = world.in_turn(lambda: adapter.eval_split(options.split)).limited(options.limit)
+    adapter, split = _adapter_and_split(dataset_name, options.data_root, options.split, world)
+    split = split.limited(options.limit)
     method = build_method(method_name, device, options.checkpoint, options.method_args)
     method.for_dataset(split.dataset)
     cache = FeatureCache(enabled=options.use_cache)

@@ -9,12 +9,12 @@ from train_and_evaluate import SMALL_IMAGES, train_and_evaluate
 from tbps_bench.cli import main
 from tbps_bench.results import load_result
 
-from tiny_clip import write_tiny_clip
+from tiny_clip import TINY_CLIP
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+def tiny_clip():
+    return TINY_CLIP
 
 
 def test_clip_zero_shot_and_fine_tuned(tiny_clip, tmp_path):

@@ -1,10 +1,15 @@
-"""A tiny random CLIP folder (no CLIP weights install offline): character-level BPE tokenizer."""
+"""A tiny random CLIP folder (no CLIP weights install offline): character-level BPE tokenizer.
+
+``TINY_CLIP`` is the committed folder that ``write_tiny_clip`` wrote (the smoke test over every
+method reads it too); run this file to write it again: ``python tests/tiny_clip.py``."""
 
 from __future__ import annotations
 
 import json
 import string
 from pathlib import Path
+
+TINY_CLIP = Path(__file__).parent / "fixtures" / "smoke" / "tiny_clip"
 
 
 def write_tiny_clip(folder: Path) -> Path:
@@ -42,3 +47,7 @@ def write_tiny_clip(folder: Path) -> Path:
     )
     CLIPModel(config).save_pretrained(str(folder))
     return folder
+
+
+if __name__ == "__main__":
+    print(write_tiny_clip(TINY_CLIP))
