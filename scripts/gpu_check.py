@@ -119,8 +119,8 @@ def nafs_cuhk() -> tuple[str, str]:
 def encoding() -> tuple[str, str]:
     from tbps_models.clip_reid.model import ClipReidModel
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_clip_reid_benchmarks import VIT_B16
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from clip_sizes import VIT_B16
 
     model = ClipReidModel(VIT_B16, "irra", embedding="bge").cuda().eval()
     pixels = torch.randn(64, 3, 384, 128, device="cuda")

@@ -1,8 +1,14 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# The tests' shared helpers (brute-force references, tiny models, the browser driver, paths) are
+# plain modules in tests/support/; the test folders mirror the packages and are imported by path
+# (--import-mode=importlib), so nothing else of tests/ is put on sys.path.
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +62,7 @@ def offline_vocab(minilm_folder):
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
-    """A tiny random BERT on the offline MiniLM's vocabulary (``tests/tiny_bert.py``)."""
+    """A tiny random BERT on the offline MiniLM's vocabulary (``tests/support/tiny_bert.py``)."""
     from tiny_bert import write_tiny_bert
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -5,19 +5,18 @@ Without a CUDA device these are skipped: the machine cannot run them, which says
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from tbps_bench import evaluate_embeddings
 from tbps_bench.cli import main
 
+from paths import FIXTURES
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_metrics_on_the_gpu_equal_the_cpu(clustered_embeddings):

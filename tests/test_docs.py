@@ -12,7 +12,8 @@ import pytest
 
 from tbps_bench.cli import _leaf_parsers, _parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
+
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 

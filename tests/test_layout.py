@@ -4,11 +4,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
 
 
 def test_import_datasets_is_hugging_face_from_repo_root():
@@ -20,8 +19,10 @@ def test_import_datasets_is_hugging_face_from_repo_root():
 
 
 def test_no_init_in_datasets_folder_and_no_test_datasets_package():
+    """The test folders mirror the installed packages (tests/tbps_datasets/, not tests/datasets/) and
+    are no packages themselves: nothing under tests/ can shadow an import."""
     assert not (ROOT / "datasets" / "__init__.py").exists()
-    assert not (ROOT / "tests" / "__init__.py").exists()
+    assert not list((ROOT / "tests").rglob("__init__.py"))
     assert not (ROOT / "tests" / "datasets").exists()
 
 

@@ -4,7 +4,7 @@ Why not timm's or transformers' Swin: both shrink windows per side on a non-squa
 shifting along the long side (timm: stage 4 at 12 x 4 gets 8 x 4 windows and a shift of 4; transformers
 builds every stage's bias table for the configured window), whereas APTM's stage whose grid's short
 side is at most the window uses a square window of that side and no shift at all (stage 3: 8 x 8, no
-shift; stage 4: 4 x 4, bias table of 49 rows). ``tests/test_aptm.py`` shows timm cannot take the
+shift; stage 4: 4 x 4, bias table of 49 rows). ``tests/tbps_models/aptm/test_aptm.py`` shows timm cannot take the
 released tables. What is the same as timm: 4 x 4 patch embedding with LayerNorm, pre-LN blocks with
 relative position bias, patch merging (2 x 2 neighbours concatenated, LayerNorm, bias-free linear),
 final LayerNorm. APTM then prepends the mean of the tokens as token 0."""

@@ -1,0 +1,282 @@
+"""Several processes under torchrun (gloo, 2 ranks on toy-pedes) give the one-process numbers.
+
+Each test starts real processes with ``python -m torch.distributed.run``; the one-process runs
+go through the same CLI in this process. Sharding is made real on the small toy splits with
+``--score-tile 32 --batch-size 32`` (a shard unit of 32 items)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from tbps_bench.cli import main
+
+from paths import FIXTURES
+
+HERE = Path(__file__).parent
+SHARDED = ["--score-tile", "32", "--batch-size", "32"]
+
+
+def torchrun(args: list[str], cache: Path, processes: int = 2, script: str | None = None, **popen):
+    """The command through torchrun, on this machine's CPUs; returns the finished process."""
+    target = [script] if script else ["-m", "tbps_bench"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    env = {**os.environ, "TBPS_BENCH_CACHE": str(cache), "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*command, *target, *args], env=env, capture_output=True, text=True, timeout=600, **popen)
+
+
+def results(folder: Path) -> dict[str, dict]:
+    """The result files of an output folder, by method."""
+    found = {}
+    for path in sorted(folder.glob("*/*/*.json")):
+        found[path.parent.name] = json.loads(path.read_text())
+    return found
+
+
+def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch):
+    """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny): metrics and every query's
+    ranks are equal; a 2-process run reuses what a 1-process run cached and the other way round."""
+    evaluate = ["eval", "-m", "frozen-linear,nafs-tiny", "-d", "toy-pedes", "--limit", "96", *SHARDED]
+    evaluate += ["--save-rankings", "7"]  # each query's top 7: merged over the processes, the same file
+    cache = tmp_path / "cache"  # also holds the generated toy-pedes, whose files key the image features
+    features, by_one, by_two = cache / "features", cache / "features-one", cache / "features-two"
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
+    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
+    features.rename(by_one)
+    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], cache)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    assert sorted(one) == sorted(two) == ["frozen-linear", "nafs-tiny"]
+    assert len(list((tmp_path / "two").glob("*/*/*.json"))) == 2  # one file per method: the first process writes
+    for method in one:
+        assert two[method]["metrics"] == one[method]["metrics"], method
+        assert two[method]["per_query"] == one[method]["per_query"], method
+        distributed = two[method]["provenance"]["distributed"]
+        assert distributed["world_size"] == 2 and distributed["backend"] == "gloo"
+        assert [r["rank"] for r in distributed["ranks"]] == [0, 1]
+        assert one[method]["provenance"]["distributed"]["world_size"] == 1
+        assert two[method]["timings"]["cache_hits"] == {"images": False, "texts": False}
+        saved = [
+            np.load(folder / "toy-pedes" / method / run[method]["rankings"]["file"])
+            for folder, run in ((tmp_path / "one", one), (tmp_path / "two", two))
+        ]
+        assert sorted(saved[0].files) == sorted(saved[1].files)
+        for key in saved[0].files:  # scores to the last bits only at equal thread counts (BLAS blocking)
+            same = np.allclose if key.endswith("_score") else np.array_equal
+            assert same(saved[0][key], saved[1][key], **({"rtol": 0, "atol": 1e-6} if same is np.allclose else {}))
+    # the same cache entries for any world size, each usable by the other
+    assert sorted(p.name for p in features.iterdir()) == sorted(p.name for p in by_one.iterdir())
+    features.rename(by_two)
+    by_one.rename(features)
+    reused = torchrun([*evaluate, "--out", str(tmp_path / "two-cached")], cache)
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    features.rename(by_one)
+    by_two.rename(features)
+    assert main([*evaluate, "--out", str(tmp_path / "one-cached")]) == 0
+    for folder in ("two-cached", "one-cached"):
+        for method, result in results(tmp_path / folder).items():
+            assert result["timings"]["cache_hits"] == {"images": True, "texts": True}, (folder, method)
+            assert result["per_query"] == one[method]["per_query"], (folder, method)
+
+
+def test_data_parallel_gradient_equals_the_global_batch_gradient():
+    """BatchNorm statistics, the differentiable gather and the gradient average, in 2 processes and
+    in 3 (whose slices of the global batch of 10 differ in size: 3, 3 and 4)."""
+    for processes in (2, 3):
+        run = torchrun(["1e-5"], Path("unused"), processes, script=str(HERE / "distributed" / "gradients.py"))
+        assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+        assert "worst relative gradient difference over 11 tensors" in run.stdout
+
+
+def _weights(run_folder: Path) -> dict:
+    return load_file(str(run_folder / "projections.safetensors"))
+
+
+def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_across_world_sizes(
+    tmp_path, monkeypatch, small_toy
+):
+    """A FrozenBackbone method: its cached train features gathered, 3 steps an epoch on a small toy."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
+    train = ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "2"]
+    assert main([*train, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun([*train, "--out", str(tmp_path / "two")], cache)  # reads the train features the first run cached
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = "frozen-linear/cuhk-pedes/seed0/last"
+    alone, shared = _weights(tmp_path / "one" / folder), _weights(tmp_path / "two" / folder)
+    for name, expected in alone.items():
+        assert float((shared[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
+    log_file = tmp_path / "two/frozen-linear/cuhk-pedes/seed0/log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]  # one log, written once per epoch
+    # one epoch with 2 processes, then the second with 1 process: the same weights as straight through
+    first = torchrun([*train[:-1], "1", "--out", str(tmp_path / "switch")], cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert main([*train, "--out", str(tmp_path / "switch"), "--resume"]) == 0
+    resumed = _weights(tmp_path / "switch" / folder)
+    for name, expected in alone.items():
+        assert float((resumed[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
+
+
+def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert):
+    """BatchNorm layers in the ResNet trunk (GlobalBatchNorm) and NAFS's batch-level losses; a tiny
+    text encoder, since the loop is under test."""
+    train = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--epochs", "1", "--max-steps", "1", "--select-on", "last"]
+    train += ["--method-arg", f"text_encoder={tiny_bert}"]
+    assert main([*train, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun([*train, "--out", str(tmp_path / "two")], Path(os.environ["TBPS_BENCH_CACHE"]))  # the session's
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = "nafs-tiny/toy-pedes/seed0/log.jsonl"
+    alone = json.loads((tmp_path / "one" / log).read_text())["losses"]
+    shared = json.loads((tmp_path / "two" / log).read_text())["losses"]
+    assert set(alone) == set(shared) and len(alone) >= 3
+    for term, value in alone.items():
+        assert abs(shared[term] - value) <= 1e-5 * max(1.0, abs(value)), (term, value, shared[term])
+
+
+FAILING_PLUGIN = """
+import os
+import torch
+from tbps_bench.methods import Method
+from tbps_bench.registry import register_method
+
+
+@register_method("breaks-on-rank-1")
+class BreaksOnRankOne(Method):
+    name = "breaks-on-rank-1"
+    needs_pixels = False
+
+    def tokenize(self, captions):
+        return {"length": torch.tensor([len(c) for c in captions], dtype=torch.float32)}
+
+    def encode_images(self, batch):
+        features = torch.nn.functional.one_hot(batch["pid"] % 8, 8).float()
+        if os.environ.get("RANK") == "1":
+            features[0, 0] = float("nan")
+        return features
+
+    def encode_texts(self, batch):
+        return torch.nn.functional.one_hot(batch["pid"] % 8, 8).float()
+"""
+
+
+def test_a_failing_process_stops_the_job_with_its_one_line_and_no_result(tmp_path):
+    plugin = tmp_path / "breaks.py"
+    plugin.write_text(FAILING_PLUGIN)
+    started = time.monotonic()
+    args = ["--plugin", str(plugin), "eval", "-m", "breaks-on-rank-1", "-d", "toy-pedes"]
+    args += ["--out", str(tmp_path / "out")]
+    run = torchrun([*args, *SHARDED], tmp_path / "cache")
+    assert run.returncode != 0
+    assert time.monotonic() - started < 120  # the other process did not wait out the collective timeout
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error: rank 1/2:")]
+    assert len(lines) == 1 and "returned NaN/inf features" in lines[0], run.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("**/*.json"))
+
+
+STALLING_PLUGIN = FAILING_PLUGIN.replace("breaks-on-rank-1", "stalls-on-rank-1").replace(
+    "BreaksOnRankOne", "StallsOnRankOne"
+)
+
+
+def test_a_collective_timeout_names_the_variable_that_sets_it(tmp_path, monkeypatch):
+    """Rank 1 takes longer than the collective timeout: rank 0's one line says which variable to raise."""
+    plugin = tmp_path / "stalls.py"
+    plugin.write_text(STALLING_PLUGIN.replace('float("nan")', "__import__('time').sleep(20) or 0.0"))
+    monkeypatch.setenv("TBPS_BENCH_COLLECTIVE_TIMEOUT_S", "3")
+    args = [
+        "--plugin",
+        str(plugin),
+        "eval",
+        "-m",
+        "stalls-on-rank-1",
+        "-d",
+        "toy-pedes",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    run = torchrun([*args, *SHARDED], tmp_path / "cache")
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error: rank 0/2:")]
+    assert len(lines) == 1 and "TBPS_BENCH_COLLECTIVE_TIMEOUT_S = 3 s" in lines[0], run.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("**/*.json"))
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    plugin, marker = FIXTURES / "slow_plugin.py", tmp_path / "started"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tbps_bench"]
+    args = ["--plugin", str(plugin), "eval", "-m", "slow", "-d", "toy-pedes", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "TBPS_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    env["SLOW_PLUGIN_MARKER"] = str(marker)
+    job = subprocess.Popen([*command, *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline and job.poll() is None, "the job never started encoding"
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    try:
+        _, stderr = job.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail("the job was still running 60 s after Ctrl-C")
+    assert job.returncode != 0
+    assert "interrupted (Ctrl-C)" in stderr
+    survivors = subprocess.run(["pgrep", "-g", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert not survivors, f"processes left after Ctrl-C: {survivors}"
+    assert not list((tmp_path / "out").glob("**/*.json"))
+
+
+@pytest.mark.parametrize(
+    ("method", "arguments", "expected"),
+    [
+        ("rasa", ["--method-arg", "k=4", "--batch-size", "4"], "t2i_first_hit_rank"),
+        # APTM's fusion is a property of the score, not of the job: 4 "processes" of fusion under 2
+        ("aptm", ["--method-arg", "fusion_world_size=4"], ("first_hit_rank", "t2i_w4")),
+    ],
+)
+def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(
+    tmp_path, monkeypatch, method, arguments, expected
+):
+    """The pair batches split between the processes, the same ranks as one process and the authors'."""
+    folder = FIXTURES / f"{method}_reference"
+    evaluate = ["eval", "-m", method, "-d", "cuhk-pedes", "--data-root", str(folder), "--pair-batch", "7"]
+    evaluate += ["--checkpoint", str(folder / f"{method}_checkpoint.pth"), *arguments]
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
+    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
+    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = results(tmp_path / "one")[method], results(tmp_path / "two")[method]
+    assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
+    assert two["provenance"]["distributed"]["world_size"] == 2
+    summary = json.loads((folder / "summary.json").read_text())
+    reference = summary[expected] if isinstance(expected, str) else summary[expected[0]][expected[1]]
+    assert two["per_query"]["t2i_first_hit_rank"] == reference
+
+
+def test_plot_pairwise_scoring_is_identical_for_one_and_two_processes(tmp_path):
+    """PLOT's blockwise pair scores, sharded over two processes in tiles of 3 images: the authors'
+    ranks in both directions."""
+    import lzma
+
+    import torch
+
+    folder = FIXTURES / "plot_reference"
+    checkpoint = tmp_path / "plot.pth"
+    checkpoint.write_bytes(lzma.decompress((folder / "plot_checkpoint.pth.xz").read_bytes()))
+    evaluate = ["eval", "-m", "plot", "-d", "cuhk-pedes", "--data-root", str(folder), "--checkpoint", str(checkpoint)]
+    run = torchrun([*evaluate, "--score-tile", "3", "--out", str(tmp_path / "two")], tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = results(tmp_path / "two")["plot"]
+    reference = torch.load(folder / "reference.pt", weights_only=True)["first_hit_rank"]
+    assert two["provenance"]["distributed"]["world_size"] == 2
+    for direction in ("t2i", "i2t"):
+        assert two["per_query"][f"{direction}_first_hit_rank"] == reference[direction]
