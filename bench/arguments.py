@@ -1,4 +1,5 @@
-"""``--method-arg`` values checked before any work: against the type each method's ``__init__``
+"""``--method-arg`` values: parsed (``KEY=VALUE`` for every method of the command,
+``METHOD:KEY=VALUE`` for one of them), then checked before any work: against the type each method's ``__init__``
 declares (``dim: int`` refuses ``"abc"``, ``3.5`` and ``true``), then by the method's own
 ``check_arguments`` (ranges and choices), so that a wrong value stops the command in one line
 (exit 2) instead of failing after other evaluations ran."""
@@ -6,12 +7,49 @@ declares (``dim: int`` refuses ``"abc"``, ``3.5`` and ``true``), then by the met
 from __future__ import annotations
 
 import inspect
+import json
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from tbps_bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class MethodArguments:
+    """The ``--method-arg`` values of one command: those for every method it runs, and those scoped to
+    one of them (``nafs:text_encoder=/models/bert``), which win over the shared ones for that method."""
+
+    shared: dict[str, Any] = field(default_factory=dict)
+    scoped: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_method(self, name: str) -> dict[str, Any]:
+        return {**self.shared, **self.scoped.get(name, {})}
+
+
+def parse_method_args(pairs: list[str], methods: list[str]) -> MethodArguments:
+    """``KEY=VALUE`` or ``METHOD:KEY=VALUE`` (values parsed as JSON when they are JSON, else kept as
+    text); a scope must name one of the command's ``methods``."""
+    shared: dict[str, Any] = {}
+    scoped: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        target, sep, value = pair.partition("=")
+        scope, colon, key = target.rpartition(":")
+        if not sep or not key or (colon and not scope):
+            raise BenchError(f"--method-arg {pair!r}: expected KEY=VALUE, or METHOD:KEY=VALUE for one method")
+        if colon and scope not in methods:
+            raise BenchError(
+                f"--method-arg {pair!r} is for method '{scope}', which this command does not run "
+                f"(it runs {', '.join(methods)})"
+            )
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        (scoped.setdefault(scope, {}) if colon else shared)[key] = parsed
+    return MethodArguments(shared, scoped)
 
 
 def accepted_arguments(factory: Any) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from tbps_bench.errors import BenchError
@@ -27,8 +26,9 @@ def add_parser(commands) -> None:
         "--method-arg",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="argument passed to the method (repeatable; values parsed as JSON when possible)",
+        metavar="[METHOD:]KEY=VALUE",
+        help="argument passed to every method, or with METHOD: to that one only (repeatable; values parsed as "
+        "JSON when possible)",
     )
     parser.add_argument("--no-cache", action="store_true", help="re-encode even when cached features exist")
     parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
@@ -62,19 +62,6 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_method_args(pairs: list[str]) -> dict:
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BenchError(f"--method-arg {pair!r}: expected KEY=VALUE")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
 def names_of(value: str, flag: str, kind: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
@@ -88,6 +75,9 @@ def check_workers(workers: int) -> None:
 
 
 def run(args, argv) -> int:
+    from dataclasses import replace
+
+    from tbps_bench.arguments import parse_method_args
     from tbps_bench.cli.tables import metrics_table
     from tbps_bench.distributed import start
     from tbps_bench.fileio import check_writable_folder
@@ -108,9 +98,9 @@ def run(args, argv) -> int:
     methods = names_of(args.methods, "-m/--methods", "method")
     datasets = names_of(args.datasets, "-d/--datasets", "dataset")
     check_writable_folder(args.out, "--out")
-    method_args = parse_method_args(args.method_arg)
+    method_args = parse_method_args(args.method_arg, methods)
     for method in methods:  # every method's arguments are checked before anything is encoded
-        check_method_arguments(method, method_args, args.checkpoint)
+        check_method_arguments(method, method_args.for_method(method), args.checkpoint)
     world, device = start(args.device)
     locate_datasets(datasets, args.data_root, world)
     options = EvalOptions(
@@ -123,7 +113,6 @@ def run(args, argv) -> int:
         out_dir=args.out,
         split=args.split,
         seed=args.seed,
-        method_args=method_args,
         use_cache=not args.no_cache,
         workers=args.workers,
         feature_dtype=args.feature_dtype,
@@ -135,7 +124,8 @@ def run(args, argv) -> int:
     for dataset in datasets:
         for method in methods:
             try:
-                for path in run_eval(method, dataset, options, argv, world):
+                own = replace(options, method_args=method_args.for_method(method))
+                for path in run_eval(method, dataset, own, argv, world):
                     result = load_result(path)
                     rows[f"{method} @ {dataset}/{result['dataset']['split']}"] = result["metrics"]
                     print(f"wrote {path}", file=sys.stderr)

@@ -16,7 +16,7 @@ def add_parser(commands) -> None:
     parser.add_argument("sentences", nargs="*", help="the sentence(s) to search with")
     parser.add_argument("-m", "--method", required=True, help="a registered method")
     parser.add_argument("--checkpoint", help="checkpoint file for the method")
-    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--method-arg", action="append", default=[], metavar="[METHOD:]KEY=VALUE")
     parser.add_argument("--images", help="folder of images to rank (every image file in it, sorted)")
     parser.add_argument("--image", help="one image to rank --texts against")
     parser.add_argument("--texts", help="text file of sentences, one per line (with --image)")
@@ -63,8 +63,8 @@ def run(args, argv) -> int:
 
     import torch
 
+    from tbps_bench.arguments import parse_method_args
     from tbps_bench.cache import FeatureCache
-    from tbps_bench.cli.eval_cmd import parse_method_args
     from tbps_bench.evaluation import EvalSettings, evaluate_split
     from tbps_bench.fileio import sha256_path
     from tbps_bench.harness import build_method, check_method_arguments, resolve_device
@@ -74,7 +74,7 @@ def run(args, argv) -> int:
     if args.top < 1:
         raise BenchError(f"-k/--top must be >= 1, got {args.top}")
     folder, files, sentences, direction = _queries(args)
-    method_args = parse_method_args(args.method_arg)
+    method_args = parse_method_args(args.method_arg, [args.method]).for_method(args.method)
     check_method_arguments(args.method, method_args, args.checkpoint)
     # every item shares one id: the ranking is the method's, and no query lacks a positive
     split = EvalSplit(

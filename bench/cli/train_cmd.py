@@ -35,12 +35,13 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--no-cache", action="store_true", help="re-encode a frozen backbone's features instead of reading the cache"
     )
-    parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--method-arg", action="append", default=[], metavar="[METHOD:]KEY=VALUE")
     parser.set_defaults(run=run)
 
 
 def run(args, argv) -> int:
-    from tbps_bench.cli.eval_cmd import check_workers, parse_method_args
+    from tbps_bench.arguments import parse_method_args
+    from tbps_bench.cli.eval_cmd import check_workers
     from tbps_bench.distributed import start
     from tbps_bench.fileio import check_writable_folder
     from tbps_bench.harness import check_method_arguments
@@ -51,7 +52,7 @@ def run(args, argv) -> int:
             raise BenchError(f"{flag} must be >= 1, got {value}")
     check_workers(args.workers)
     check_writable_folder(args.out, "--out")
-    method_args = parse_method_args(args.method_arg)
+    method_args = parse_method_args(args.method_arg, [args.method]).for_method(args.method)
     if args.config:
         method_args["config"] = args.config
     check_method_arguments(args.method, method_args, None)

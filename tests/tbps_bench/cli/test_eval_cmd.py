@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tbps_bench.arguments import parse_method_args
 from tbps_bench.cli import main
 
 from paths import FIXTURES
@@ -38,6 +39,11 @@ from paths import FIXTURES
         (["-m", "aptm", "--method-arg", "mean=[0.5, 0.5, 0.5]"], "give mean= and std= together"),
         (["-m", "nafs-tiny", "--method-arg", "rerank_k=abc"], "argument 'rerank_k' must be an integer"),
         (["-m", "precomputed", "--method-arg", "label=3"], "argument 'label' must be a string or null; got 3"),
+        # an argument for one method only: METHOD:KEY=VALUE
+        (["-m", "random", "--method-arg", "oracle:seed=1"], "is for method 'oracle', which this command does not run"),
+        (["-m", "random,oracle", "--method-arg", "oracle:seed=1"], "method 'oracle' has no argument 'seed'"),
+        (["-m", "random", "--method-arg", ":seed=1"], "expected KEY=VALUE, or METHOD:KEY=VALUE"),
+        (["-m", "random,oracle", "--method-arg", "random:dim=0"], "dim must be an integer >= 1; got 0"),
     ],
 )
 def test_bad_arguments_stop_before_any_work(tmp_path, capsys, args, message):
@@ -46,6 +52,23 @@ def test_bad_arguments_stop_before_any_work(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_an_argument_scoped_to_one_method_reaches_that_method_only(tmp_path):
+    """``random:dim=8`` goes to random and not to oracle, which has no ``dim`` (a shared ``dim=8``
+    stops the command: see above)."""
+    args = ["eval", "-m", "random,oracle,frozen-linear", "-d", "toy-pedes", "--limit", "8", "--out", str(tmp_path)]
+    args += ["--method-arg", "random:dim=8", "--method-arg", "frozen-linear:dim=4", "--method-arg", "random:seed=3"]
+    assert main(args) == 0
+    arguments = {p.parent.name: json.loads(p.read_text())["method"]["arguments"] for p in tmp_path.rglob("*.json")}
+    assert arguments["random"] == {"seed": 3, "dim": 8}
+    assert arguments["frozen-linear"]["dim"] == 4 and "dim" not in arguments["oracle"]
+
+
+def test_a_scoped_value_wins_over_the_shared_one_for_its_method():
+    parsed = parse_method_args(["dim=16", "random:dim=8", "text_encoder=/m:x"], ["random", "frozen-linear"])
+    assert parsed.for_method("random") == {"dim": 8, "text_encoder": "/m:x"}
+    assert parsed.for_method("frozen-linear") == {"dim": 16, "text_encoder": "/m:x"}
 
 
 def test_out_that_is_a_file_stops_before_any_work(tmp_path, capsys):
