@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 from tbps_bench.cli import main
 
 from paths import FIXTURES
+from tiny_clip import TINY_CLIP
 
 HERE = Path(__file__).parent
 SHARDED = ["--score-tile", "32", "--batch-size", "32"]
@@ -42,21 +44,39 @@ def results(folder: Path) -> dict[str, dict]:
     return found
 
 
-def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch):
-    """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny): metrics and every query's
-    ranks are equal; a 2-process run reuses what a 1-process run cached and the other way round."""
-    evaluate = ["eval", "-m", "frozen-linear,nafs-tiny", "-d", "toy-pedes", "--limit", "96", *SHARDED]
-    evaluate += ["--save-rankings", "7"]  # each query's top 7: merged over the processes, the same file
+def _feature_entries(folder: Path) -> set[str]:
+    return {path.name for path in folder.iterdir()}
+
+
+def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch, tiny_bert):
+    """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny), both on a tiny BERT, encoded by
+    2 processes: metrics, every query's ranks and its saved top 7 equal one process's. The cache entries
+    are the same for any world size and each is read by the other: the job reads what one process
+    cached for a third method (clip, on the committed tiny CLIP), one process reads what the job cached."""
+    tiny = {method: [f"{method}:text_encoder={tiny_bert}"] for method in ("frozen-linear", "nafs-tiny")}
+    tiny["frozen-linear"].append("frozen-linear:dim=32")
+    tiny["clip"] = [f"clip:model={TINY_CLIP}", "clip:image_height=64", "clip:image_width=32"]
+
+    def evaluate(*methods: str) -> list[str]:
+        arguments = [argument for method in methods for value in tiny[method] for argument in ("--method-arg", value)]
+        return ["eval", "-m", ",".join(methods), "-d", "toy-pedes", "--limit", "96", *SHARDED, *arguments]
+
+    evaluate_one = [*evaluate("frozen-linear", "nafs-tiny"), "--save-rankings", "7"]
     cache = tmp_path / "cache"  # also holds the generated toy-pedes, whose files key the image features
-    features, by_one, by_two = cache / "features", cache / "features-one", cache / "features-two"
+    features = cache / "features"
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
-    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
-    features.rename(by_one)
-    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], cache)
+    assert main([*evaluate("clip"), "--save-rankings", "7", "--out", str(tmp_path / "one")]) == 0
+    clip_entries = _feature_entries(features)
+    features.rename(cache / "features-clip")
+    assert main([*evaluate_one, "--out", str(tmp_path / "one")]) == 0
+    features.rename(cache / "features-one")
+    shutil.copytree(cache / "features-clip", features)
+    every = [*evaluate("frozen-linear", "nafs-tiny", "clip"), "--save-rankings", "7"]
+    run = torchrun([*every, "--out", str(tmp_path / "two")], cache)
     assert run.returncode == 0, run.stderr[-3000:]
     one, two = results(tmp_path / "one"), results(tmp_path / "two")
-    assert sorted(one) == sorted(two) == ["frozen-linear", "nafs-tiny"]
-    assert len(list((tmp_path / "two").glob("*/*/*.json"))) == 2  # one file per method: the first process writes
+    assert sorted(one) == sorted(two) == ["clip", "frozen-linear", "nafs-tiny"]
+    assert len(list((tmp_path / "two").glob("*/*/*.json"))) == 3  # one file per method: the first process writes
     for method in one:
         assert two[method]["metrics"] == one[method]["metrics"], method
         assert two[method]["per_query"] == one[method]["per_query"], method
@@ -64,7 +84,8 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
         assert distributed["world_size"] == 2 and distributed["backend"] == "gloo"
         assert [r["rank"] for r in distributed["ranks"]] == [0, 1]
         assert one[method]["provenance"]["distributed"]["world_size"] == 1
-        assert two[method]["timings"]["cache_hits"] == {"images": False, "texts": False}
+        hit = method == "clip"  # read from one process's cache; the other two encoded by the job
+        assert two[method]["timings"]["cache_hits"] == {"images": hit, "texts": hit}, method
         saved = [
             np.load(folder / "toy-pedes" / method / run[method]["rankings"]["file"])
             for folder, run in ((tmp_path / "one", one), (tmp_path / "two", two))
@@ -73,28 +94,20 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
         for key in saved[0].files:  # scores to the last bits only at equal thread counts (BLAS blocking)
             same = np.allclose if key.endswith("_score") else np.array_equal
             assert same(saved[0][key], saved[1][key], **({"rtol": 0, "atol": 1e-6} if same is np.allclose else {}))
-    # the same cache entries for any world size, each usable by the other
-    assert sorted(p.name for p in features.iterdir()) == sorted(p.name for p in by_one.iterdir())
-    features.rename(by_two)
-    by_one.rename(features)
-    reused = torchrun([*evaluate, "--out", str(tmp_path / "two-cached")], cache)
-    assert reused.returncode == 0, reused.stderr[-3000:]
-    features.rename(by_one)
-    by_two.rename(features)
-    assert main([*evaluate, "--out", str(tmp_path / "one-cached")]) == 0
-    for folder in ("two-cached", "one-cached"):
-        for method, result in results(tmp_path / folder).items():
-            assert result["timings"]["cache_hits"] == {"images": True, "texts": True}, (folder, method)
-            assert result["per_query"] == one[method]["per_query"], (folder, method)
+    # the job's entries are those one process wrote, and one process reads them
+    assert _feature_entries(features) - clip_entries == _feature_entries(cache / "features-one")
+    assert main([*evaluate_one, "--out", str(tmp_path / "one-cached")]) == 0
+    for method, result in results(tmp_path / "one-cached").items():
+        assert result["timings"]["cache_hits"] == {"images": True, "texts": True}, method
+        assert result["per_query"] == one[method]["per_query"], method
 
 
 def test_data_parallel_gradient_equals_the_global_batch_gradient():
-    """BatchNorm statistics, the differentiable gather and the gradient average, in 2 processes and
-    in 3 (whose slices of the global batch of 10 differ in size: 3, 3 and 4)."""
-    for processes in (2, 3):
-        run = torchrun(["1e-5"], Path("unused"), processes, script=str(HERE / "distributed" / "gradients.py"))
-        assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-        assert "worst relative gradient difference over 11 tensors" in run.stdout
+    """BatchNorm statistics, the differentiable gather and the gradient average, in 3 processes whose
+    slices of the global batch of 10 differ in size (3, 3 and 4)."""
+    run = torchrun(["1e-5"], Path("unused"), 3, script=str(HERE / "distributed" / "gradients.py"))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "worst relative gradient difference over 11 tensors" in run.stdout
 
 
 def _weights(run_folder: Path) -> dict:
@@ -104,38 +117,35 @@ def _weights(run_folder: Path) -> dict:
 def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_across_world_sizes(
     tmp_path, monkeypatch, small_toy
 ):
-    """A FrozenBackbone method: its cached train features gathered, 3 steps an epoch on a small toy."""
+    """A FrozenBackbone method, its cached train features gathered, 3 steps an epoch on a small toy: the
+    first epoch with 2 processes, the second resumed by 1 process, gives the weights of 1 process
+    straight through (so the 2-process epoch equals the 1-process epoch, and its resume file is
+    world-size free)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
     train = ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "2"]
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
-    run = torchrun([*train, "--out", str(tmp_path / "two")], cache)  # reads the train features the first run cached
-    assert run.returncode == 0, run.stderr[-3000:]
-    folder = "frozen-linear/cuhk-pedes/seed0/last"
-    alone, shared = _weights(tmp_path / "one" / folder), _weights(tmp_path / "two" / folder)
-    for name, expected in alone.items():
-        assert float((shared[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
-    log_file = tmp_path / "two/frozen-linear/cuhk-pedes/seed0/log.jsonl"
-    log = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert [entry["epoch"] for entry in log] == [1, 2]  # one log, written once per epoch
-    # one epoch with 2 processes, then the second with 1 process: the same weights as straight through
-    first = torchrun([*train[:-1], "1", "--out", str(tmp_path / "switch")], cache)
+    first = torchrun([*train[:-1], "1", "--out", str(tmp_path / "switch")], cache)  # reads the cached train features
     assert first.returncode == 0, first.stderr[-3000:]
+    folder = "frozen-linear/cuhk-pedes/seed0"
+    log = [json.loads(line) for line in (tmp_path / "switch" / folder / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1]  # one log, written once per epoch
     assert main([*train, "--out", str(tmp_path / "switch"), "--resume"]) == 0
-    resumed = _weights(tmp_path / "switch" / folder)
+    alone, resumed = _weights(tmp_path / "one" / folder / "last"), _weights(tmp_path / "switch" / folder / "last")
     for name, expected in alone.items():
         assert float((resumed[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
 
 
-def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert):
+def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert, small_toy):
     """BatchNorm layers in the ResNet trunk (GlobalBatchNorm) and NAFS's batch-level losses; a tiny
-    text encoder, since the loop is under test."""
-    train = ["train", "-m", "nafs-tiny", "-d", "toy-pedes", "--epochs", "1", "--max-steps", "1", "--select-on", "last"]
+    text encoder and a small toy, since the loop is under test."""
+    train = ["train", "-m", "nafs-tiny", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "1"]
+    train += ["--max-steps", "1", "--select-on", "last"]
     train += ["--method-arg", f"text_encoder={tiny_bert}"]
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
     run = torchrun([*train, "--out", str(tmp_path / "two")], Path(os.environ["TBPS_BENCH_CACHE"]))  # the session's
     assert run.returncode == 0, run.stderr[-3000:]
-    log = "nafs-tiny/toy-pedes/seed0/log.jsonl"
+    log = "nafs-tiny/cuhk-pedes/seed0/log.jsonl"
     alone = json.loads((tmp_path / "one" / log).read_text())["losses"]
     shared = json.loads((tmp_path / "two" / log).read_text())["losses"]
     assert set(alone) == set(shared) and len(alone) >= 3
