@@ -48,13 +48,16 @@ def _feature_entries(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir()}
 
 
-def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch, tiny_bert):
-    """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny), both on a tiny BERT, encoded by
-    2 processes: metrics, every query's ranks and its saved top 7 equal one process's. The cache entries
-    are the same for any world size and each is read by the other: the job reads what one process
-    cached for a third method (clip, on the committed tiny CLIP), one process reads what the job cached."""
-    tiny = {method: [f"{method}:text_encoder={tiny_bert}"] for method in ("frozen-linear", "nafs-tiny")}
-    tiny["frozen-linear"].append("frozen-linear:dim=32")
+def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch):
+    """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny), encoded by 2 processes: metrics,
+    every query's ranks and its saved top 7 equal one process's. The cache entries are the same for any
+    world size and each is read by the other: the job reads what one process cached for a third method
+    (clip, on the committed tiny CLIP), one process reads what the job cached.
+
+    Both encoded methods keep their pretrained MiniLM: its features are far enough apart that the
+    rounding of other batch compositions (each process pads its own batches) never swaps two ranks,
+    where a random tiny BERT's nearly equal features did."""
+    tiny = {"frozen-linear": [], "nafs-tiny": []}
     tiny["clip"] = [f"clip:model={TINY_CLIP}", "clip:image_height=64", "clip:image_width=32"]
 
     def evaluate(*methods: str) -> list[str]:
