@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-#: MiniLM on 2 cores, 512 captions of 32 tokens: 7.6 ms a caption in one piece, 6.2 in pieces of 32
+#: tokens (rows x longest) per piece on CPU: small enough for a piece's activations to stay in cache
+#: (MiniLM's time a caption: docs/benchmarks.md)
 CPU_TOKENS_PER_PIECE = 1024
 
 

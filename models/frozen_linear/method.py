@@ -23,8 +23,8 @@ from tbps_models.transforms import person_image_transform
 
 IMAGE_SIZE = (256, 128)
 MAX_TOKENS = 64
-#: on CPU the image backbone runs on pieces of a batch whose activations stay in cache: on 2 cores
-#: EfficientNet-Lite0 took 8.0 ms an image in pieces of 8 and 12.1 in batches of 64, same bits
+#: on CPU the image backbone runs on pieces of a batch whose activations stay in cache: the same
+#: bits, faster than whole batches (docs/benchmarks.md)
 CPU_IMAGES_PER_PIECE = 8
 SCHEDULE = {
     "epochs": 15,

@@ -40,8 +40,8 @@ class _WindowMatmul(torch.autograd.Function):
     Why not ``unfold`` and autograd: the windows are gathered here by kh x kw copies of whole
     shifted slices of the channels-last input and scattered back the same way in the backward,
     where the unfolded view was copied a float at a time and ``unfold_backward`` did the same in
-    reverse. A nafs-tiny step (32 pairs, 2 cores): median 0.77 s before, 0.72 s after (14 steps of
-    each, interleaved in one process)."""
+    reverse: a nafs-tiny step is faster (docs/benchmarks.md, "Measured reasons for choices in the
+    code")."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
@@ -87,9 +87,9 @@ class SmallMapConv2d(nn.Conv2d):
     """A Conv2d that, on CPU and for maps of at most ``SMALL_MAP_POSITIONS`` positions, multiplies
     the gathered windows of the input by the weight in one matrix product.
 
-    Why: nafs-tiny's layer4 maps are 4 x 2. On 2 CPU cores oneDNN ran a 512-channel
-    3 x 3 convolution over a 4 x 2 map (batch 32) at 40-55 GFLOP/s forward and backward, where one
-    256 x 4608 x 512 matrix product runs at about 130. Larger maps (the full model's, on any device)
+    Why: nafs-tiny's layer4 maps are 4 x 2. On CPU oneDNN runs a 512-channel 3 x 3 convolution
+    over so few positions at well under the rate of the equivalent 256 x 4608 x 512 matrix product
+    (docs/benchmarks.md). Larger maps (the full model's, on any device)
     keep the library convolution. The two differ by rounding only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -249,8 +249,8 @@ class NafsMethod(Trainable, PairwiseMethod):
     def prepare_epoch(self, captions: list[str]) -> None:
         """With a frozen text encoder, the epoch's captions not yet encoded are encoded together
         (the whole train split before the first epoch): chunks of many captions share their
-        repeated sub-sentences, which a 32-caption batch mostly does not (toy-pedes' train split:
-        28-29 s instead of 39-43 s on 2 cores)."""
+        repeated sub-sentences, which a 32-caption batch mostly does not (the time saved is in
+        docs/benchmarks.md)."""
         if self.model.config.train_text_encoder:
             return
         missing = self._not_yet_frozen(captions)
@@ -284,7 +284,7 @@ class NafsMethod(Trainable, PairwiseMethod):
 
     def trained_modules(self) -> nn.Module:
         """With a frozen text encoder, everything but it: a resumed run loads the encoder again from
-        where the method was built, so the resume file need not hold it (nafs-tiny: 90 of 495 MB)."""
+        where the method was built, so the resume file need not hold it."""
         if self.model.config.train_text_encoder:
             return self.network
         model = nn.ModuleDict({name: part for name, part in self.model.named_children() if name != "language_model"})
