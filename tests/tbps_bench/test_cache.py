@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -120,20 +119,26 @@ def test_a_same_size_change_with_the_modification_time_set_back_is_not_served(tm
     assert not again["timings"]["cache_hits"]["images"]
 
 
-def test_an_edited_sibling_module_of_a_plugin_is_not_served_from_the_cache(tmp_path):
-    """A plugin's source hash covers the modules it imports from its folder, not only its own file."""
+def test_an_edited_sibling_module_of_a_plugin_is_not_served_from_the_cache(tmp_path, monkeypatch):
+    """A plugin's source hash covers the modules it imports from its folder, not only its own file.
+    Each evaluation starts as a fresh process would: no plugin or sibling module imported yet."""
     folder = tmp_path / "plugin"
     folder.mkdir()
     (folder / "uses_a_sibling.py").write_text(SIBLING_PLUGIN)
     (folder / "sibling_base.py").write_text("SCALE = 1.0\n")
-    env = {**__import__("os").environ, "TBPS_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONSAFEPATH": "1"}
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the plugin puts its folder first
+    imported = set(sys.modules)
 
     def evaluate(out: str) -> dict:
+        for name in set(sys.modules) - imported:  # what the last evaluation imported from the plugin
+            if name == "sibling_base" or "uses_a_sibling" in name:
+                del sys.modules[name]
+        monkeypatch.setattr(registry.METHODS, "_entries", None)
+        monkeypatch.setattr(registry.METHODS, "_pending", [])
+        monkeypatch.setattr(registry, "_loaded_files", set())
         args = ["--plugin", str(folder / "uses_a_sibling.py"), "eval", "-m", "uses-a-sibling", "-d", "toy-pedes"]
-        command = [sys.executable, "-m", "tbps_bench", *args, "--limit", "20", "--out", str(tmp_path / out)]
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-2000:]
-        return load_result(next((tmp_path / out).rglob("*.json")))
+        return _eval([*args, "--limit", "20"], tmp_path / out)
 
     first, cached = evaluate("a"), evaluate("b")
     assert cached["timings"]["cache_hits"]["images"] and cached["metrics"] == first["metrics"]
@@ -141,6 +146,8 @@ def test_an_edited_sibling_module_of_a_plugin_is_not_served_from_the_cache(tmp_p
     edited = evaluate("c")
     assert not edited["timings"]["cache_hits"]["images"]
     assert edited["metrics"] != first["metrics"]
+    for name in [name for name in sys.modules if name == "sibling_base" or "uses_a_sibling" in name]:
+        del sys.modules[name]
 
 
 def test_methods_without_a_name_and_an_edited_plugin_get_their_own_cache_entries(tmp_path, monkeypatch):

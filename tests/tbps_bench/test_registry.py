@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -191,8 +190,9 @@ def _readme_block(marker: str) -> str:
     return marker + readme.split(marker, 1)[1].split("```", 1)[0]
 
 
-def test_separately_installed_method_package(tmp_path):
-    """The plugin page's package example, built and installed with pip, is listed and evaluates."""
+def test_separately_installed_method_package(tmp_path, monkeypatch, capsys):
+    """The plugin page's package example, built and installed with pip, is listed and evaluates (the
+    install in a pip process; its entry point found on the path, as a fresh process would find it)."""
     package = tmp_path / "tbps-grey-level"
     package.mkdir()
     (package / "pyproject.toml").write_text(_readme_block("# pyproject.toml\n"))
@@ -200,14 +200,15 @@ def test_separately_installed_method_package(tmp_path):
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet"]
     subprocess.run([*pip, "--target", str(site), str(package)], check=True, capture_output=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "tbps_bench"]
-    listing = subprocess.run([*command, "list"], env=env, capture_output=True, text=True, timeout=300)
-    assert listing.returncode == 0, listing.stderr
-    assert "grey-level" in listing.stdout and "entry point (tbps-grey-level)" in listing.stdout
-    out = tmp_path / "res"
-    run = [*command, "eval", "-m", "grey-level", "-d", "toy-pedes", "--out", str(out)]
-    evaluation = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
-    assert evaluation.returncode == 0, evaluation.stderr
-    result = json.loads(next(out.rglob("*.json")).read_text())
-    assert result["method"]["origin"] == "entry point (tbps-grey-level)"
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert main(["list"]) == 0
+        listing = capsys.readouterr().out
+        assert "grey-level" in listing and "entry point (tbps-grey-level)" in listing
+        out = tmp_path / "res"
+        assert main(["eval", "-m", "grey-level", "-d", "toy-pedes", "--out", str(out)]) == 0
+        result = json.loads(next(out.rglob("*.json")).read_text())
+        assert result["method"]["origin"] == "entry point (tbps-grey-level)"
+        assert sys.modules["tbps_grey_level"].__file__ == str(site / "tbps_grey_level.py")
+    finally:
+        sys.modules.pop("tbps_grey_level", None)
