@@ -148,9 +148,17 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+class _Joined:
+    """Whether this module initialised the process group: a program that set up its own (a training
+    script that evaluates under torchrun, several commands in one job) keeps it after a command."""
+
+    by_us = False
+
+
 def start(device_option: str) -> tuple[World, str]:
     """Join the job ``torchrun`` launched (NCCL on CUDA, gloo on the CPU) and pick this rank's
-    device: ``cuda:LOCAL_RANK`` or the CPU. Outside torchrun: the single process, device unchanged."""
+    device: ``cuda:LOCAL_RANK`` or the CPU. Outside torchrun: the single process, device unchanged.
+    A process group the program already initialised is used as it is."""
     if not launched_by_torchrun():
         return SINGLE, device_option
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -170,6 +178,7 @@ def start(device_option: str) -> tuple[World, str]:
     if not dist.is_initialized():
         timeout = float(os.environ.get("TBPS_BENCH_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        _Joined.by_us = True
     return current_world(), device
 
 
@@ -188,8 +197,10 @@ def explained(exc: BaseException) -> str:
 
 
 def stop() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group this module started; one the program initialised itself stays."""
+    if _Joined.by_us and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _Joined.by_us = False
 
 
 def describe(world: World, device: torch.device) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Several processes under torchrun (gloo, 2 ranks on toy-pedes) give the one-process numbers.
 
-Each test starts real processes with ``python -m torch.distributed.run``; the one-process runs
-go through the same CLI in this process. Sharding is made real on the small toy splits with
-``--score-tile 32 --batch-size 32`` (a shard unit of 32 items)."""
+Real processes started with ``python -m torch.distributed.run``; the one-process runs go through
+the same CLI in this process. The commands that must succeed share one job (``shared_job``: a
+program that sets up its process group once and runs each command in turn, as a training script
+that evaluates under torchrun does); the evaluation whose cache crosses world sizes, and the jobs
+that must fail or be interrupted, have their own. Sharding is made real on the small toy splits
+with ``--score-tile 32 --batch-size 32`` (a shard unit of 32 items)."""
 
 from __future__ import annotations
 
@@ -42,6 +45,82 @@ def results(folder: Path) -> dict[str, dict]:
     for path in sorted(folder.glob("*/*/*.json")):
         found[path.parent.name] = json.loads(path.read_text())
     return found
+
+
+class SharedJob:
+    """One torchrun job's commands (``distributed/commands.py``): each one's exit code and output on
+    every process, and the folder its files went to."""
+
+    def __init__(self, root: Path, plan: list[dict]):
+        self.root = root
+        (root / "plan.json").write_text(json.dumps(plan))
+        script = str(HERE / "distributed" / "commands.py")
+        self.run = torchrun([str(root / "plan.json")], root / "cache", script=script)
+
+    def out(self, name: str) -> Path:
+        return self.root / name
+
+    def succeeded(self, name: str) -> str:
+        """Rank 0's stdout of command ``name``, after checking that it exited 0 on both processes."""
+        assert self.run.returncode == 0, self.run.stderr[-3000:]
+        for rank in (0, 1):
+            code = int((self.root / f"{name}.rank{rank}.code").read_text())
+            assert code == 0, (self.root / f"{name}.rank{rank}.err").read_text()[-3000:]
+        return (self.root / f"{name}.rank0.out").read_text()
+
+
+REFERENCE_EVALUATIONS = {
+    "rasa": ["--method-arg", "k=4", "--batch-size", "4"],
+    # APTM's fusion is a property of the score, not of the job: 4 "processes" of fusion under 2
+    "aptm": ["--method-arg", "fusion_world_size=4"],
+}
+
+
+def _reference_evaluation(method: str, checkpoint: Path | None = None) -> list[str]:
+    folder = FIXTURES / f"{method}_reference"
+    checkpoint = checkpoint or folder / f"{method}_checkpoint.pth"
+    evaluate = ["eval", "-m", method, "-d", "cuhk-pedes", "--data-root", str(folder), "--checkpoint", str(checkpoint)]
+    if method in REFERENCE_EVALUATIONS:
+        evaluate += ["--pair-batch", "7", *REFERENCE_EVALUATIONS[method]]
+    return evaluate
+
+
+def _frozen_linear_training(small_toy: Path, epochs: int) -> list[str]:
+    return ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", str(epochs)]
+
+
+def _nafs_tiny_step(small_toy: Path, tiny_bert: Path) -> list[str]:
+    train = ["train", "-m", "nafs-tiny", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "1"]
+    return [*train, "--max-steps", "1", "--select-on", "last", "--method-arg", f"text_encoder={tiny_bert}"]
+
+
+@pytest.fixture(scope="module")
+def shared_job(tmp_path_factory, small_toy, tiny_bert):
+    """The commands of this module that must succeed, in one 2-process job: the re-ranking methods
+    and PLOT against their authors' references, a NAFS step, a frozen-linear epoch and the
+    data-parallel gradient check."""
+    import lzma
+
+    root = tmp_path_factory.mktemp("shared-job")
+    plot = root / "plot.pth"
+    plot.write_bytes(lzma.decompress((FIXTURES / "plot_reference" / "plot_checkpoint.pth.xz").read_bytes()))
+    plan = [
+        {"name": name, "argv": [*_reference_evaluation(name), "--out", str(root / name)]}
+        for name in REFERENCE_EVALUATIONS
+    ]
+    plan.append(
+        {
+            "name": "plot",
+            "argv": [*_reference_evaluation("plot", plot), "--score-tile", "3", "--out", str(root / "plot")],
+        }
+    )
+    plan.append(
+        {"name": "nafs-tiny", "argv": [*_nafs_tiny_step(small_toy, tiny_bert), "--out", str(root / "nafs-tiny")]}
+    )
+    frozen = [*_frozen_linear_training(small_toy, 1), "--out", str(root / "frozen-linear")]
+    plan.append({"name": "frozen-linear", "argv": frozen, "env": {"TBPS_BENCH_CACHE": str(root / "frozen-cache")}})
+    plan.append({"name": "gradients", "script": str(HERE / "distributed" / "gradients.py"), "argv": ["1e-5"]})
+    return SharedJob(root, plan)
 
 
 def _feature_entries(folder: Path) -> set[str]:
@@ -105,12 +184,12 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
         assert result["per_query"] == one[method]["per_query"], method
 
 
-def test_data_parallel_gradient_equals_the_global_batch_gradient():
-    """BatchNorm statistics, the differentiable gather and the gradient average, in 3 processes whose
-    slices of the global batch of 10 differ in size (3, 3 and 4)."""
-    run = torchrun(["1e-5"], Path("unused"), 3, script=str(HERE / "distributed" / "gradients.py"))
-    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    assert "worst relative gradient difference over 11 tensors" in run.stdout
+def test_data_parallel_gradient_equals_the_global_batch_gradient(shared_job):
+    """BatchNorm statistics, the differentiable gather and the gradient average, with the 2 processes
+    holding slices of different sizes (4 and 5) of the global batch of 9."""
+    printed = shared_job.succeeded("gradients")
+    assert "2 BatchNorm layers swapped for GlobalBatchNorm" in printed
+    assert "worst relative gradient difference over 11 tensors" in printed
 
 
 def _weights(run_folder: Path) -> dict:
@@ -118,39 +197,38 @@ def _weights(run_folder: Path) -> dict:
 
 
 def test_frozen_linear_training_with_two_processes_matches_one_and_resumes_across_world_sizes(
-    tmp_path, monkeypatch, small_toy
+    tmp_path, monkeypatch, small_toy, shared_job
 ):
-    """A FrozenBackbone method, its cached train features gathered, 3 steps an epoch on a small toy: the
-    first epoch with 2 processes, the second resumed by 1 process, gives the weights of 1 process
-    straight through (so the 2-process epoch equals the 1-process epoch, and its resume file is
-    world-size free)."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
-    train = ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "2"]
+    """A FrozenBackbone method, 3 steps an epoch on a small toy: the first epoch with 2 processes
+    (which encode and cache the train features), the second resumed by 1 process, gives the weights
+    of 1 process straight through on the same cached features (so the 2-process epoch equals the
+    1-process epoch, and its resume file is world-size free)."""
+    shared_job.succeeded("frozen-linear")
+    monkeypatch.setenv("TBPS_BENCH_CACHE", str(shared_job.out("frozen-cache")))
+    train = _frozen_linear_training(small_toy, 2)
     assert main([*train, "--out", str(tmp_path / "one")]) == 0
-    first = torchrun([*train[:-1], "1", "--out", str(tmp_path / "switch")], cache)  # reads the cached train features
-    assert first.returncode == 0, first.stderr[-3000:]
+    switch = tmp_path / "switch"
+    shutil.copytree(shared_job.out("frozen-linear"), switch)
     folder = "frozen-linear/cuhk-pedes/seed0"
-    log = [json.loads(line) for line in (tmp_path / "switch" / folder / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (switch / folder / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1]  # one log, written once per epoch
-    assert main([*train, "--out", str(tmp_path / "switch"), "--resume"]) == 0
-    alone, resumed = _weights(tmp_path / "one" / folder / "last"), _weights(tmp_path / "switch" / folder / "last")
+    assert json.loads((switch / folder / "train.json").read_text())["world_size"] == 2
+    assert main([*train, "--out", str(switch), "--resume"]) == 0
+    alone, resumed = _weights(tmp_path / "one" / folder / "last"), _weights(switch / folder / "last")
     for name, expected in alone.items():
         assert float((resumed[name] - expected).abs().max()) <= 1e-4 * float(expected.abs().max()), name
 
 
-def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert, small_toy):
+def test_nafs_tiny_first_step_losses_match_one_process(tmp_path, tiny_bert, small_toy, shared_job):
     """BatchNorm layers in the ResNet trunk (GlobalBatchNorm) and NAFS's batch-level losses; a tiny
     text encoder and a small toy, since the loop is under test."""
-    train = ["train", "-m", "nafs-tiny", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", "1"]
-    train += ["--max-steps", "1", "--select-on", "last"]
-    train += ["--method-arg", f"text_encoder={tiny_bert}"]
-    assert main([*train, "--out", str(tmp_path / "one")]) == 0
-    run = torchrun([*train, "--out", str(tmp_path / "two")], Path(os.environ["TBPS_BENCH_CACHE"]))  # the session's
-    assert run.returncode == 0, run.stderr[-3000:]
+    shared_job.succeeded("nafs-tiny")
+    assert main([*_nafs_tiny_step(small_toy, tiny_bert), "--out", str(tmp_path / "one")]) == 0
     log = "nafs-tiny/cuhk-pedes/seed0/log.jsonl"
     alone = json.loads((tmp_path / "one" / log).read_text())["losses"]
-    shared = json.loads((tmp_path / "two" / log).read_text())["losses"]
+    shared = json.loads((shared_job.out("nafs-tiny") / log).read_text())["losses"]
+    train = json.loads((shared_job.out("nafs-tiny") / "nafs-tiny/cuhk-pedes/seed0/train.json").read_text())
+    assert train["world_size"] == 2
     assert set(alone) == set(shared) and len(alone) >= 3
     for term, value in alone.items():
         assert abs(shared[term] - value) <= 1e-5 * max(1.0, abs(value)), (term, value, shared[term])
@@ -249,47 +327,31 @@ def test_ctrl_c_stops_every_process(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("method", "arguments", "expected"),
-    [
-        ("rasa", ["--method-arg", "k=4", "--batch-size", "4"], "t2i_first_hit_rank"),
-        # APTM's fusion is a property of the score, not of the job: 4 "processes" of fusion under 2
-        ("aptm", ["--method-arg", "fusion_world_size=4"], ("first_hit_rank", "t2i_w4")),
-    ],
+    ("method", "expected"), [("rasa", "t2i_first_hit_rank"), ("aptm", ("first_hit_rank", "t2i_w4"))]
 )
 def test_shortlist_re_ranking_is_identical_for_one_and_two_processes(
-    tmp_path, monkeypatch, method, arguments, expected
+    tmp_path, monkeypatch, method, expected, shared_job
 ):
     """The pair batches split between the processes, the same ranks as one process and the authors'."""
-    folder = FIXTURES / f"{method}_reference"
-    evaluate = ["eval", "-m", method, "-d", "cuhk-pedes", "--data-root", str(folder), "--pair-batch", "7"]
-    evaluate += ["--checkpoint", str(folder / f"{method}_checkpoint.pth"), *arguments]
+    shared_job.succeeded(method)
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
-    assert main([*evaluate, "--out", str(tmp_path / "one")]) == 0
-    run = torchrun([*evaluate, "--out", str(tmp_path / "two")], tmp_path / "cache-two")
-    assert run.returncode == 0, run.stderr[-3000:]
-    one, two = results(tmp_path / "one")[method], results(tmp_path / "two")[method]
+    assert main([*_reference_evaluation(method), "--out", str(tmp_path / "one")]) == 0
+    one, two = results(tmp_path / "one")[method], results(shared_job.out(method))[method]
     assert two["per_query"] == one["per_query"] and two["metrics"] == one["metrics"]
     assert two["provenance"]["distributed"]["world_size"] == 2
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((FIXTURES / f"{method}_reference" / "summary.json").read_text())
     reference = summary[expected] if isinstance(expected, str) else summary[expected[0]][expected[1]]
     assert two["per_query"]["t2i_first_hit_rank"] == reference
 
 
-def test_plot_pairwise_scoring_is_identical_for_one_and_two_processes(tmp_path):
+def test_plot_pairwise_scoring_is_identical_for_one_and_two_processes(shared_job):
     """PLOT's blockwise pair scores, sharded over two processes in tiles of 3 images: the authors'
     ranks in both directions."""
-    import lzma
-
     import torch
 
-    folder = FIXTURES / "plot_reference"
-    checkpoint = tmp_path / "plot.pth"
-    checkpoint.write_bytes(lzma.decompress((folder / "plot_checkpoint.pth.xz").read_bytes()))
-    evaluate = ["eval", "-m", "plot", "-d", "cuhk-pedes", "--data-root", str(folder), "--checkpoint", str(checkpoint)]
-    run = torchrun([*evaluate, "--score-tile", "3", "--out", str(tmp_path / "two")], tmp_path / "cache")
-    assert run.returncode == 0, run.stderr[-3000:]
-    two = results(tmp_path / "two")["plot"]
-    reference = torch.load(folder / "reference.pt", weights_only=True)["first_hit_rank"]
+    shared_job.succeeded("plot")
+    two = results(shared_job.out("plot"))["plot"]
+    reference = torch.load(FIXTURES / "plot_reference" / "reference.pt", weights_only=True)["first_hit_rank"]
     assert two["provenance"]["distributed"]["world_size"] == 2
     for direction in ("t2i", "i2t"):
         assert two["per_query"][f"{direction}_first_hit_rank"] == reference[direction]

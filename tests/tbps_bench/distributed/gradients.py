@@ -14,7 +14,7 @@ import torch
 from tbps_bench.distributed import SINGLE, batch_gatherer, data_parallel, start, stop, with_global_batch_norm
 from tbps_models.losses import cmpc_loss, cmpm_loss
 
-GLOBAL_BATCH = 10  # 3 processes get slices of 3, 3 and 4 rows
+GLOBAL_BATCH = 9  # 2 processes get slices of 4 and 5 rows
 
 
 def network() -> torch.nn.ModuleDict:
