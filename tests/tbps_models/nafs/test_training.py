@@ -28,9 +28,31 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, smoke, small_toy):
+def _recorded_straight_run(monkeypatch, capsys, smoke, out):
+    """Two epochs straight through, recording what ``prepare_epoch`` is told, what the frozen text
+    encoder encodes and what the steps read: it sees exactly the captions of the steps that run,
+    encodes them there, once, and the steps find every caption already encoded."""
+    from tbps_models.nafs.method import NafsMethod
+
+    announced: list[list[str]] = []
+    encoded: list[list[str]] = []
+    read: list[list[str]] = []
+    prepare, encode, losses = NafsMethod.prepare_epoch, NafsMethod._encode_frozen, NafsMethod.training_losses
+    monkeypatch.setattr(NafsMethod, "prepare_epoch", lambda self, c: announced.append(c) or prepare(self, c))
+    monkeypatch.setattr(NafsMethod, "_encode_frozen", lambda self, c: encoded.append(c) or encode(self, c))
+    monkeypatch.setattr(NafsMethod, "training_losses", lambda self, b: read.append(b["captions"]) or losses(self, b))
+    capsys.readouterr()
+    assert main([*smoke, "--epochs", "2", "--out", str(out)]) == 0
+    monkeypatch.undo()
+    steps = [sorted(c for batch in read[k : k + 2] for c in batch) for k in (0, 2)]
+    assert len(read) == 4 and [sorted(c) for c in announced] == steps  # two steps of 32 captions an epoch
+    assert [c for c in encoded if c] == [sorted(set(steps[0])), sorted(set(steps[1]) - set(steps[0]))]  # each once
+    assert "frozen text encoder: 64 train captions, encoded once" in capsys.readouterr().err
+
+
+def test_train_checkpoint_resume_and_evaluate(tmp_path, monkeypatch, capsys, smoke, small_toy):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert main([*smoke, "--epochs", "2", "--out", str(straight)]) == 0
+    _recorded_straight_run(monkeypatch, capsys, smoke, straight)
     assert main([*smoke, "--epochs", "1", "--out", str(resumed)]) == 0
     assert main([*smoke, "--epochs", "2", "--out", str(resumed)]) == 2  # would overwrite a run
     assert "pass --resume" in capsys.readouterr().err
@@ -69,23 +91,3 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path, capsys, smoke, small_toy
     fresh = load_result(next(val_out.rglob("*.json")))["metrics"]
     for direction in ("t2i", "i2t"):
         assert {k: fresh[direction][k] for k in logged[direction]} == logged[direction]
-
-
-def test_each_epoch_announces_the_captions_its_steps_read(tmp_path, monkeypatch, capsys, smoke):
-    """``prepare_epoch`` sees exactly the captions of the steps that run; nafs-tiny's frozen text
-    encoder encodes them there, once, and its steps find every caption already encoded."""
-    from tbps_models.nafs.method import NafsMethod
-
-    announced: list[list[str]] = []
-    encoded: list[list[str]] = []
-    prepare, encode = NafsMethod.prepare_epoch, NafsMethod._encode_frozen
-    monkeypatch.setattr(NafsMethod, "prepare_epoch", lambda self, c: announced.append(c) or prepare(self, c))
-    monkeypatch.setattr(NafsMethod, "_encode_frozen", lambda self, c: encoded.append(c) or encode(self, c))
-    read: list[list[str]] = []
-    losses = NafsMethod.training_losses
-    monkeypatch.setattr(NafsMethod, "training_losses", lambda self, b: read.append(b["captions"]) or losses(self, b))
-    assert main([*smoke, "--epochs", "2", "--select-on", "last", "--out", str(tmp_path)]) == 0
-    steps = [sorted(c for batch in read[k : k + 2] for c in batch) for k in (0, 2)]
-    assert len(read) == 4 and [sorted(c) for c in announced] == steps  # two steps of 32 captions an epoch
-    assert [c for c in encoded if c] == [sorted(set(steps[0])), sorted(set(steps[1]) - set(steps[0]))]  # each once
-    assert "frozen text encoder: 64 train captions, encoded once" in capsys.readouterr().err
