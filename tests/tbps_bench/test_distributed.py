@@ -85,6 +85,17 @@ def _reference_evaluation(method: str, checkpoint: Path | None = None) -> list[s
     return evaluate
 
 
+#: the committed tiny CLIP: the third method of the cache-sharing evaluation
+TINY_CLIP_ARGUMENTS = [f"clip:model={TINY_CLIP}", "clip:image_height=64", "clip:image_width=32"]
+
+
+def _toy_evaluation(*methods: str) -> list[str]:
+    """``methods`` on the first 96 toy-pedes images, sharded, each query's top 7 saved."""
+    arguments = [argument for value in TINY_CLIP_ARGUMENTS if "clip" in methods for argument in ("--method-arg", value)]
+    evaluate = ["eval", "-m", ",".join(methods), "-d", "toy-pedes", "--limit", "96", *SHARDED, *arguments]
+    return [*evaluate, "--save-rankings", "7"]
+
+
 def _frozen_linear_training(small_toy: Path, epochs: int) -> list[str]:
     return ["train", "-m", "frozen-linear", "-d", "cuhk-pedes", "--data-root", str(small_toy), "--epochs", str(epochs)]
 
@@ -98,10 +109,15 @@ def _nafs_tiny_step(small_toy: Path, tiny_bert: Path) -> list[str]:
 def shared_job(tmp_path_factory, small_toy, tiny_bert):
     """The commands of this module that must succeed, in one 2-process job: the re-ranking methods
     and PLOT against their authors' references, a NAFS step, a frozen-linear epoch and the
-    data-parallel gradient check."""
+    data-parallel gradient check; and an evaluation of three methods, one of which (clip) one
+    process cached beforehand."""
     import lzma
 
     root = tmp_path_factory.mktemp("shared-job")
+    with pytest.MonkeyPatch.context() as patch:  # clip cached by one process, for the job to read
+        patch.setenv("TBPS_BENCH_CACHE", str(root / "eval-cache"))
+        assert main([*_toy_evaluation("clip"), "--out", str(root / "eval-one")]) == 0
+    clip_entries = _feature_entries(root / "eval-cache" / "features")
     plot = root / "plot.pth"
     plot.write_bytes(lzma.decompress((FIXTURES / "plot_reference" / "plot_checkpoint.pth.xz").read_bytes()))
     plan = [
@@ -120,45 +136,38 @@ def shared_job(tmp_path_factory, small_toy, tiny_bert):
     frozen = [*_frozen_linear_training(small_toy, 1), "--out", str(root / "frozen-linear")]
     plan.append({"name": "frozen-linear", "argv": frozen, "env": {"TBPS_BENCH_CACHE": str(root / "frozen-cache")}})
     plan.append({"name": "gradients", "script": str(HERE / "distributed" / "gradients.py"), "argv": ["1e-5"]})
-    return SharedJob(root, plan)
+    every = [*_toy_evaluation("frozen-linear", "nafs-tiny", "clip"), "--out", str(root / "eval")]
+    plan.append({"name": "eval", "argv": every, "env": {"TBPS_BENCH_CACHE": str(root / "eval-cache")}})
+    job = SharedJob(root, plan)
+    job.clip_entries = clip_entries
+    return job
 
 
 def _feature_entries(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir()}
 
 
-def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch):
+def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(tmp_path, monkeypatch, shared_job):
     """A dual encoder (frozen-linear) and a pairwise method (nafs-tiny), encoded by 2 processes: metrics,
     every query's ranks and its saved top 7 equal one process's. The cache entries are the same for any
-    world size and each is read by the other: the job reads what one process cached for a third method
+    world size and each is read by the other: the job read what one process cached for a third method
     (clip, on the committed tiny CLIP), one process reads what the job cached.
 
     Both encoded methods keep their pretrained MiniLM: its features are far enough apart that the
     rounding of other batch compositions (each process pads its own batches) never swaps two ranks,
     where a random tiny BERT's nearly equal features did."""
-    tiny = {"frozen-linear": [], "nafs-tiny": []}
-    tiny["clip"] = [f"clip:model={TINY_CLIP}", "clip:image_height=64", "clip:image_width=32"]
-
-    def evaluate(*methods: str) -> list[str]:
-        arguments = [argument for method in methods for value in tiny[method] for argument in ("--method-arg", value)]
-        return ["eval", "-m", ",".join(methods), "-d", "toy-pedes", "--limit", "96", *SHARDED, *arguments]
-
-    evaluate_one = [*evaluate("frozen-linear", "nafs-tiny"), "--save-rankings", "7"]
-    cache = tmp_path / "cache"  # also holds the generated toy-pedes, whose files key the image features
+    shared_job.succeeded("eval")
+    cache = shared_job.out("eval-cache")  # also holds the generated toy-pedes, whose files key the image features
     features = cache / "features"
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(cache))
-    assert main([*evaluate("clip"), "--save-rankings", "7", "--out", str(tmp_path / "one")]) == 0
-    clip_entries = _feature_entries(features)
-    features.rename(cache / "features-clip")
+    features.rename(cache / "features-two")
+    evaluate_one = _toy_evaluation("frozen-linear", "nafs-tiny")
     assert main([*evaluate_one, "--out", str(tmp_path / "one")]) == 0
-    features.rename(cache / "features-one")
-    shutil.copytree(cache / "features-clip", features)
-    every = [*evaluate("frozen-linear", "nafs-tiny", "clip"), "--save-rankings", "7"]
-    run = torchrun([*every, "--out", str(tmp_path / "two")], cache)
-    assert run.returncode == 0, run.stderr[-3000:]
-    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    one = {**results(shared_job.out("eval-one")), **results(tmp_path / "one")}
+    two = results(shared_job.out("eval"))
     assert sorted(one) == sorted(two) == ["clip", "frozen-linear", "nafs-tiny"]
-    assert len(list((tmp_path / "two").glob("*/*/*.json"))) == 3  # one file per method: the first process writes
+    assert len(list(shared_job.out("eval").glob("*/*/*.json"))) == 3  # one file per method: the first process writes
+    folders = {method: shared_job.out("eval-one") if method == "clip" else tmp_path / "one" for method in one}
     for method in one:
         assert two[method]["metrics"] == one[method]["metrics"], method
         assert two[method]["per_query"] == one[method]["per_query"], method
@@ -170,14 +179,18 @@ def test_evaluation_is_identical_for_one_and_two_processes_and_shares_the_cache(
         assert two[method]["timings"]["cache_hits"] == {"images": hit, "texts": hit}, method
         saved = [
             np.load(folder / "toy-pedes" / method / run[method]["rankings"]["file"])
-            for folder, run in ((tmp_path / "one", one), (tmp_path / "two", two))
+            for folder, run in ((folders[method], one), (shared_job.out("eval"), two))
         ]
         assert sorted(saved[0].files) == sorted(saved[1].files)
         for key in saved[0].files:  # scores to the last bits only at equal thread counts (BLAS blocking)
             same = np.allclose if key.endswith("_score") else np.array_equal
             assert same(saved[0][key], saved[1][key], **({"rtol": 0, "atol": 1e-6} if same is np.allclose else {}))
-    # the job's entries are those one process wrote, and one process reads them
-    assert _feature_entries(features) - clip_entries == _feature_entries(cache / "features-one")
+    # the job's entries are those one process wrote (beside clip's), and one process reads them
+    written_by_two = _feature_entries(cache / "features-two")
+    assert _feature_entries(features) < written_by_two
+    assert written_by_two - _feature_entries(features) == shared_job.clip_entries
+    features.rename(cache / "features-one")
+    (cache / "features-two").rename(features)
     assert main([*evaluate_one, "--out", str(tmp_path / "one-cached")]) == 0
     for method, result in results(tmp_path / "one-cached").items():
         assert result["timings"]["cache_hits"] == {"images": True, "texts": True}, method
