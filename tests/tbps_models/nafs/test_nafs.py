@@ -266,9 +266,15 @@ def _release_file(model: Nafs, path, with_w=True):
     return path
 
 
-def test_release_checkpoint_round_trip(tiny_bert, tmp_path):
-    source = Nafs(tiny_config(tiny_bert)).eval()
-    path = _release_file(source, tmp_path / "release.pth")
+@pytest.fixture(scope="module")
+def tiny_release(tiny_bert, tmp_path_factory):
+    """A nafs-tiny-sized model and its release-format file (120 MB), written once for the loader tests."""
+    model = Nafs(tiny_config(tiny_bert)).eval()
+    return model, _release_file(model, tmp_path_factory.mktemp("release") / "release.pth")
+
+
+def test_release_checkpoint_round_trip(tiny_bert, tmp_path, tiny_release):
+    source, path = tiny_release
     loaded = build_from_official(path, tiny_bert, tiny_config(tiny_bert))
     images, captions = torch.randn(3, 3, 64, 32), ["a man in black", "red coat, white shoes", "a girl. long hair"]
     assert torch.equal(source.run(images, captions)["S"], loaded.run(images, captions)["S"])
@@ -287,21 +293,20 @@ def test_release_checkpoint_round_trip(tiny_bert, tmp_path):
         ({"max_length": 30}, "shape mismatch"),
     ],
 )
-def test_checkpoint_of_another_architecture(tiny_bert, tmp_path, changes, message):
-    path = _release_file(Nafs(tiny_config(tiny_bert)), tmp_path / "release.pth")
+def test_checkpoint_of_another_architecture(tiny_bert, changes, message, tiny_release):
+    _, path = tiny_release
     with pytest.raises(BenchError, match=message):
         load_official_checkpoint(Nafs(tiny_config(tiny_bert, **changes)), path)
 
 
-def test_trunk_of_another_width_is_a_shape_mismatch(tiny_bert, tmp_path):
-    path = _release_file(Nafs(tiny_config(tiny_bert)), tmp_path / "release.pth")
+def test_trunk_of_another_width_is_a_shape_mismatch(tiny_bert, tiny_release):
+    _, path = tiny_release
     with pytest.raises(BenchError, match="another architecture.*shape mismatch"):
         load_official_checkpoint(Nafs(tiny_config(tiny_bert, trunk="resnet50")), path)
 
 
-def test_truncated_and_foreign_checkpoints(tiny_bert, tmp_path):
-    model = Nafs(tiny_config(tiny_bert))
-    path = _release_file(model, tmp_path / "release.pth")
+def test_truncated_and_foreign_checkpoints(tmp_path, tiny_release):
+    model, path = tiny_release
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(BenchError, match="truncated, corrupt or not a torch file"):
