@@ -128,26 +128,28 @@ def test_an_edited_sibling_module_of_a_plugin_is_not_served_from_the_cache(tmp_p
     (folder / "sibling_base.py").write_text("SCALE = 1.0\n")
     monkeypatch.setenv("TBPS_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "path", list(sys.path))  # the plugin puts its folder first
-    imported = set(sys.modules)
+
+    def unload_plugin() -> None:  # what an evaluation imported from the plugin's folder
+        for name in [name for name in sys.modules if name == "sibling_base" or "uses_a_sibling" in name]:
+            del sys.modules[name]
 
     def evaluate(out: str) -> dict:
-        for name in set(sys.modules) - imported:  # what the last evaluation imported from the plugin
-            if name == "sibling_base" or "uses_a_sibling" in name:
-                del sys.modules[name]
+        unload_plugin()
         monkeypatch.setattr(registry.METHODS, "_entries", None)
         monkeypatch.setattr(registry.METHODS, "_pending", [])
         monkeypatch.setattr(registry, "_loaded_files", set())
         args = ["--plugin", str(folder / "uses_a_sibling.py"), "eval", "-m", "uses-a-sibling", "-d", "toy-pedes"]
         return _eval([*args, "--limit", "20"], tmp_path / out)
 
-    first, cached = evaluate("a"), evaluate("b")
-    assert cached["timings"]["cache_hits"]["images"] and cached["metrics"] == first["metrics"]
-    (folder / "sibling_base.py").write_text("SCALE = -4.0\n")
-    edited = evaluate("c")
-    assert not edited["timings"]["cache_hits"]["images"]
-    assert edited["metrics"] != first["metrics"]
-    for name in [name for name in sys.modules if name == "sibling_base" or "uses_a_sibling" in name]:
-        del sys.modules[name]
+    try:
+        first, cached = evaluate("a"), evaluate("b")
+        assert cached["timings"]["cache_hits"]["images"] and cached["metrics"] == first["metrics"]
+        (folder / "sibling_base.py").write_text("SCALE = -4.0\n")
+        edited = evaluate("c")
+        assert not edited["timings"]["cache_hits"]["images"]
+        assert edited["metrics"] != first["metrics"]
+    finally:
+        unload_plugin()
 
 
 def test_methods_without_a_name_and_an_edited_plugin_get_their_own_cache_entries(tmp_path, monkeypatch):

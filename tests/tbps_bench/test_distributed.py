@@ -3,8 +3,8 @@
 Real processes started with ``python -m torch.distributed.run``; the one-process runs go through
 the same CLI in this process. The commands that must succeed share one job (``shared_job``: a
 program that sets up its process group once and runs each command in turn, as a training script
-that evaluates under torchrun does); the evaluation whose cache crosses world sizes, and the jobs
-that must fail or be interrupted, have their own. Sharding is made real on the small toy splits
+that evaluates under torchrun does); the jobs that must fail, time out or be interrupted have their
+own. Sharding is made real on the small toy splits
 with ``--score-tile 32 --batch-size 32`` (a shard unit of 32 items)."""
 
 from __future__ import annotations
@@ -31,12 +31,18 @@ HERE = Path(__file__).parent
 SHARDED = ["--score-tile", "32", "--batch-size", "32"]
 
 
-def torchrun(args: list[str], cache: Path, processes: int = 2, script: str | None = None, **popen):
-    """The command through torchrun, on this machine's CPUs; returns the finished process."""
+def launch(args: list[str], cache: Path, script: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a 2-process torchrun job on this machine's CPUs."""
     target = [script] if script else ["-m", "tbps_bench"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *target, *args]
     env = {**os.environ, "TBPS_BENCH_CACHE": str(cache), "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*command, *target, *args], env=env, capture_output=True, text=True, timeout=600, **popen)
+    return command, env
+
+
+def torchrun(args: list[str], cache: Path, script: str | None = None) -> subprocess.CompletedProcess:
+    """The job, run to its end."""
+    command, env = launch(args, cache, script)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 def results(folder: Path) -> dict[str, dict]:
@@ -51,8 +57,10 @@ class SharedJob:
     """One torchrun job's commands (``distributed/commands.py``): each one's exit code and output on
     every process, and the folder its files went to."""
 
-    def __init__(self, root: Path, plan: list[dict]):
+    def __init__(self, root: Path, plan: list[dict], clip_entries: set[str]):
         self.root = root
+        #: the feature-cache entries one process wrote for clip before the job (its "eval" reads them)
+        self.clip_entries = clip_entries
         (root / "plan.json").write_text(json.dumps(plan))
         script = str(HERE / "distributed" / "commands.py")
         self.run = torchrun([str(root / "plan.json")], root / "cache", script=script)
@@ -138,9 +146,7 @@ def shared_job(tmp_path_factory, small_toy, tiny_bert):
     plan.append({"name": "gradients", "script": str(HERE / "distributed" / "gradients.py"), "argv": ["1e-5"]})
     every = [*_toy_evaluation("frozen-linear", "nafs-tiny", "clip"), "--out", str(root / "eval")]
     plan.append({"name": "eval", "argv": every, "env": {"TBPS_BENCH_CACHE": str(root / "eval-cache")}})
-    job = SharedJob(root, plan)
-    job.clip_entries = clip_entries
-    return job
+    return SharedJob(root, plan, clip_entries)
 
 
 def _feature_entries(folder: Path) -> set[str]:
@@ -317,11 +323,10 @@ def test_a_collective_timeout_names_the_variable_that_sets_it(tmp_path, monkeypa
 
 def test_ctrl_c_stops_every_process(tmp_path):
     plugin, marker = FIXTURES / "slow_plugin.py", tmp_path / "started"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tbps_bench"]
     args = ["--plugin", str(plugin), "eval", "-m", "slow", "-d", "toy-pedes", "--out", str(tmp_path / "out")]
-    env = {**os.environ, "TBPS_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    command, env = launch(args, tmp_path / "cache")
     env["SLOW_PLUGIN_MARKER"] = str(marker)
-    job = subprocess.Popen([*command, *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert time.monotonic() < deadline and job.poll() is None, "the job never started encoding"

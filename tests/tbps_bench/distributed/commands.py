@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch.distributed as dist
 
@@ -22,8 +23,8 @@ def run_script(path: str, arguments: list[str]) -> int:
     spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.argv = [path, *arguments]
-    return module.main()
+    with mock.patch.object(sys, "argv", [path, *arguments]):
+        return module.main()
 
 
 def run() -> int:
@@ -33,9 +34,8 @@ def run() -> int:
     rank = dist.get_rank()
     for entry in plan:
         stem = plan_file.parent / f"{entry['name']}.rank{rank}"
-        previous = {key: os.environ.get(key) for key in entry.get("env", {})}
-        os.environ.update(entry.get("env", {}))
         with (
+            mock.patch.dict(os.environ, entry.get("env", {})),
             open(f"{stem}.out", "w") as out,
             open(f"{stem}.err", "w") as err,
             contextlib.redirect_stdout(out),
@@ -43,11 +43,6 @@ def run() -> int:
         ):
             code = run_script(entry["script"], entry.get("argv", [])) if "script" in entry else main(entry["argv"])
         Path(f"{stem}.code").write_text(str(code))
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         dist.barrier()
     dist.destroy_process_group()
     return 0
