@@ -23,8 +23,10 @@ from tbps_bench.methods import EMBEDDING, FillRule, Shortlist, ShortlistMethod, 
 from tbps_bench.metrics import DirectionResult, RetrievalResult, evaluate_direction, unit_rows
 from tbps_bench.rankings import Rankings, TopK, collectors
 
-#: pairs per second-stage forward pass unless the caller says otherwise
-PAIR_BATCH = 256
+#: pairs per second-stage forward pass unless the caller says otherwise. Not larger: on CPU a pass's
+#: largest temporaries (a BERT-base feed-forward's activations) then outgrow what the C allocator
+#: re-uses, and every pass pays the kernel for fresh pages (docs/benchmarks.md)
+PAIR_BATCH = 64
 #: first-stage and ranking chunks hold about this many scores
 CHUNK_SCORES = 1 << 22
 

@@ -111,13 +111,13 @@ class Packing:
         first = torch.cumsum(counts, 0) - counts
         return cls(mask.shape[0], mask.shape[1], torch.nonzero(real.reshape(-1)).reshape(-1), first, counts)
 
+    # index_select and index_copy_ rather than subscripts: the same rows, in fewer passes on CPU
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        return padded.reshape(self.pairs * self.length, -1)[self.positions]
+        return padded.reshape(self.pairs * self.length, -1).index_select(0, self.positions)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         padded = packed.new_zeros(self.pairs * self.length, packed.shape[-1])
-        padded[self.positions] = packed
-        return padded.view(self.pairs, self.length, -1)
+        return padded.index_copy_(0, self.positions, packed).view(self.pairs, self.length, -1)
 
     def token_groups(self, pair_groups: list[tuple[int, slice]]) -> list[tuple[int, slice]]:
         """Pair runs (image, pairs) as runs of packed rows."""
@@ -163,15 +163,21 @@ class AlbefLayer(nn.Module):
 
     def _self_attention(self, x, packing: Packing, additive_mask, queries: torch.Tensor | None) -> torch.Tensor:
         """transformers' ``BertSelfAttention`` weights and eager arithmetic
-        (``softmax(q k^T / sqrt(d) + mask) v``) on packed rows; queries for ``queries`` rows only."""
+        (``softmax(q k^T / sqrt(d) + mask) v``) on packed rows; queries for ``queries`` rows only. The
+        projections that read every row run as one product with their weights side by side: one pass
+        over ``x`` (and, under autocast, one cast of it) instead of three."""
         module = self.attention.self
         heads, width = module.num_attention_heads, module.attention_head_size
-        split = lambda t: t.view(packing.pairs, -1, heads, width).transpose(1, 2)  # noqa: E731
-        key = split(packing.unpack(module.key(x)))
-        value = split(packing.unpack(module.value(x)))
+        every_row = [module.query, module.key, module.value] if queries is None else [module.key, module.value]
+        weight = torch.cat([projection.weight for projection in every_row])
+        bias = torch.cat([projection.bias for projection in every_row])
+        padded = packing.unpack(F.linear(x, weight, bias))
+        # (pairs, length, projection, heads, width) -> one (pairs, heads, length, width) per projection
+        split = padded.view(packing.pairs, -1, len(every_row), heads, width).permute(2, 0, 3, 1, 4).unbind(0)
         if queries is None:
-            query = split(packing.unpack(module.query(x)))
+            query, key, value = split
         else:
+            key, value = split
             query = module.query(x[queries]).view(packing.pairs, 1, heads, width).transpose(1, 2)
         weights = torch.softmax(query @ key.transpose(2, 3) * width**-0.5 + additive_mask, dim=-1)
         context = (weights @ value).transpose(1, 2).reshape(packing.pairs, -1, heads * width)

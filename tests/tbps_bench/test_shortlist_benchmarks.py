@@ -136,11 +136,14 @@ def test_second_stage_against_the_authors_loop_and_the_matmul_floor(name, precis
     model, states, mask, tokens = _setting(name)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    floor, floor_flops = _seconds(torch.mm, a, b, rounds=5)
+    before, floor_flops = _seconds(torch.mm, a, b, rounds=5)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.no_grad()
     with torch.inference_mode(), context:
         ours, ours_flops = _seconds(_ours, model, states, mask, tokens)
         authors, authors_flops = _seconds(_authors_query, model, states, mask, tokens)
+    # the floor is the machine's best: measured on both sides of the work, so that a slow moment on a
+    # shared host during one of them cannot make the fraction look better than it is
+    floor = min(before, _seconds(torch.mm, a, b, rounds=5)[0])
     per_pair_ours, per_pair_authors = ours / (IMAGES * PAIRS_PER_IMAGE), authors / K
     matmul_rate, achieved = floor_flops / floor, ours_flops / ours
     info = {
