@@ -3,8 +3,18 @@ exercise a loop, not a language model (loads and encodes in milliseconds)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+
+def bert_config_folder(folder: Path, config: dict, vocab: Path) -> Path:
+    """A text-encoder folder of ``config.json`` and a vocabulary only: what code that builds a BERT
+    from its config (random weights) and tokenizes reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "vocab.txt").write_bytes(vocab.read_bytes())
+    return folder
 
 
 def write_tiny_bert(folder: Path) -> Path:

@@ -22,16 +22,13 @@ from tbps_models.aptm.model import AptmModel
 
 from pair_scores import shortlist_scores
 from paths import FIXTURES
+from reference_checks import relative_to_max
 
 FOLDER = FIXTURES / "aptm_reference"
 CHECKPOINT = FOLDER / "aptm_checkpoint.pth"
 TOLERANCE = 1e-4  # x max|reference|, as the reference's README states
 REFERENCE = torch.load(FOLDER / "reference.pt", weights_only=True)
 SUMMARY = json.loads((FOLDER / "summary.json").read_text())
-
-
-def _relative(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((mine.float() - reference).abs().max() / reference.abs().max())
 
 
 def _pixels() -> torch.Tensor:
@@ -79,12 +76,12 @@ def test_the_image_transform_gives_the_authors_resize_bit_for_bit():
 
 def test_swin_text_and_contrastive_outputs_equal_the_authors(outputs):
     _, _, images, texts = outputs
-    assert _relative(images["tokens"], REFERENCE["image_embeds"]) <= TOLERANCE
-    assert _relative(texts["states"], REFERENCE["text_embeds"]) <= TOLERANCE
-    assert _relative(images["embedding"], REFERENCE["image_feat"]) <= TOLERANCE
-    assert _relative(texts["embedding"], REFERENCE["text_feat"]) <= TOLERANCE
+    assert relative_to_max(images["tokens"], REFERENCE["image_embeds"]) <= TOLERANCE
+    assert relative_to_max(texts["states"], REFERENCE["text_embeds"]) <= TOLERANCE
+    assert relative_to_max(images["embedding"], REFERENCE["image_feat"]) <= TOLERANCE
+    assert relative_to_max(texts["embedding"], REFERENCE["text_feat"]) <= TOLERANCE
     similarity = texts["embedding"] @ images["embedding"].T
-    assert _relative(similarity, REFERENCE["itc_sims"]) <= TOLERANCE
+    assert relative_to_max(similarity, REFERENCE["itc_sims"]) <= TOLERANCE
     k = REFERENCE["topk_idx"].shape[1]
     for mine, theirs in ((similarity, REFERENCE["topk_idx"]), (similarity.T, REFERENCE["i2t_topk_idx"])):
         chosen = torch.sort(mine, dim=1, descending=True, stable=True).indices[:, :k]
@@ -95,7 +92,7 @@ def test_matching_logits_equal_the_authors_in_both_directions(outputs):
     _, model, images, texts = outputs
     for direction, prefix in (("t2i", ""), ("i2t", "i2t_")):
         mine = shortlist_scores(model, images, texts, REFERENCE[f"{prefix}topk_idx"], direction)
-        assert _relative(mine, REFERENCE[f"{prefix}itm_topk"]) <= TOLERANCE
+        assert relative_to_max(mine, REFERENCE[f"{prefix}itm_topk"]) <= TOLERANCE
 
 
 @pytest.mark.parametrize("world", [1, 4])

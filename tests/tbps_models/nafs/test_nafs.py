@@ -15,6 +15,7 @@ from tbps_models.nafs.scoring import local_similarity, local_similarity_candidat
 from tbps_models.nafs.tokenization import NafsTokenizer, split_sub_sentences
 
 from nafs_reference_scoring import local_similarity_official_loop, local_similarity_per_pair
+from tiny_bert import bert_config_folder
 
 TINY_BERT = {
     "model_type": "bert",
@@ -30,10 +31,7 @@ TINY_BERT = {
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, offline_vocab):
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    (folder / "config.json").write_text(json.dumps(TINY_BERT))
-    (folder / "vocab.txt").write_bytes(offline_vocab.read_bytes())
-    return folder
+    return bert_config_folder(tmp_path_factory.mktemp("tiny-bert"), TINY_BERT, offline_vocab)
 
 
 def tiny_config(folder, **changes) -> NafsConfig:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from tbps_models.nafs import build_from_official
 
 from nafs_weights import NAFS_REFERENCE, release_checkpoint
+from reference_checks import relative_to_max
+from tiny_bert import bert_config_folder
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -35,10 +35,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def bert_base_folder(tmp_path_factory, offline_vocab):
-    folder = tmp_path_factory.mktemp("bert-base-uncased")
-    (folder / "config.json").write_text(json.dumps(BERT_BASE))
-    (folder / "vocab.txt").write_bytes(offline_vocab.read_bytes())
-    return folder
+    return bert_config_folder(tmp_path_factory.mktemp("bert-base-uncased"), BERT_BASE, offline_vocab)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +61,6 @@ def model_outputs(release_file, bert_base_folder, reference):
     shuffled = model.run(images, reference["inputs"]["captions"], perm2=[2, 0, 1], perm3=[1, 0])
     outputs["shuffled_perm_p2_201_p3_10"] = shuffled
     return outputs
-
-
-def relative_to_max(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((ours - ref).abs().max() / ref.abs().max())
 
 
 def test_tokenisation_is_identical(model_outputs, reference):

@@ -7,10 +7,8 @@ import json
 import lzma
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tbps_bench.cli import main
 from tbps_bench.errors import BenchError
@@ -19,6 +17,7 @@ from tbps_models.clip_towers.preset import NORMALIZATION
 from tbps_models.plot.model import PLOT_PRESET, load_plot
 
 from paths import FIXTURES
+from reference_checks import assert_resized_like_the_authors, relative_to_max
 
 FOLDER = FIXTURES / "plot_reference"
 SUMMARY = json.loads((FOLDER / "summary.json").read_text())
@@ -45,17 +44,9 @@ def _pixels() -> torch.Tensor:
     return (REFERENCE["pixels"].float() / 255 - mean) / std
 
 
-def _relative(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((mine.float() - reference).abs().max() / reference.abs().max())
-
-
 def test_tokens_and_pixels_equal_the_authors():
     assert torch.equal(PLOT_PRESET.tokenize(REFERENCE["captions"], 77)["ids"], REFERENCE["tokens"])
-    resize = PLOT_PRESET.image_transform().transforms[0]
-    for index, name in enumerate(REFERENCE["image_files"]):
-        with Image.open(FOLDER / "CUHK-PEDES" / "imgs" / name) as image:
-            pixels = torch.from_numpy(np.array(resize(image.convert("RGB")))).permute(2, 0, 1)
-        assert torch.equal(pixels, REFERENCE["pixels"][index]), name
+    assert_resized_like_the_authors(PLOT_PRESET, FOLDER / "CUHK-PEDES" / "imgs", REFERENCE)
 
 
 def test_every_intermediate_output_equals_the_authors(model):
@@ -81,9 +72,11 @@ def test_every_intermediate_output_equals_the_authors(model):
         "similarity": similarity,
     }
     for name, value in mine.items():
-        assert _relative(value, REFERENCE[name]) <= TOLERANCE, name
+        assert relative_to_max(value, REFERENCE[name]) <= TOLERANCE, name
     # the score is the global cosine plus the weighted per-slot cosines
-    assert _relative(global_similarity + torch.einsum("tsi,ts->ti", part, weights), REFERENCE["similarity"]) <= 1e-5
+    assert (
+        relative_to_max(global_similarity + torch.einsum("tsi,ts->ti", part, weights), REFERENCE["similarity"]) <= 1e-5
+    )
     assert model.architecture.text_layers == SUMMARY["config"]["tlayers"]
     assert len(model.backbone.clip.text_model.encoder.layers) == SUMMARY["config"]["tlayers"] - 1
 
@@ -91,7 +84,7 @@ def test_every_intermediate_output_equals_the_authors(model):
 def test_other_iterations_or_the_last_text_block_change_the_score(checkpoint):
     """The two things the file does not say: both matter, so the parity above can fail."""
     three = load_plot(checkpoint, iterations=3)
-    assert _relative(three.similarity(_pixels(), REFERENCE["tokens"]), REFERENCE["similarity"]) > 1e-3
+    assert relative_to_max(three.similarity(_pixels(), REFERENCE["tokens"]), REFERENCE["similarity"]) > 1e-3
     from tbps_models.clip_reid import load_checkpoint
 
     with pytest.raises(BenchError, match="checkpoint of PLOT, not IRRA-format: use -m plot"):
@@ -113,7 +106,7 @@ def test_blockwise_scores_equal_a_per_pair_loop(model):
                     a, b = texts["slots"][t, s], images["slots"][i, s]
                     total = total + weights[t, s] * (a @ b) / (a.norm() * b.norm())
                 slow[t, i] = total
-    assert _relative(fast, slow) <= 1e-5
+    assert relative_to_max(fast, slow) <= 1e-5
 
 
 @pytest.mark.parametrize("amp", ["none"])

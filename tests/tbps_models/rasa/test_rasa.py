@@ -22,6 +22,7 @@ from tbps_models.rasa.model import AlbefModel
 
 from pair_scores import match_pairs, shortlist_scores
 from paths import FIXTURES, ROOT
+from reference_checks import relative_to_max
 
 FAMILIES = ["rasa", "mars"]
 TOLERANCE = 1e-4  # x max|reference|, as the references' READMEs state
@@ -42,10 +43,6 @@ def _reference(family: str) -> dict:
 
 def _summary(family: str) -> dict:
     return json.loads((_folder(family) / "summary.json").read_text())
-
-
-def _relative(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((mine.float() - reference).abs().max() / reference.abs().max())
 
 
 def _pixels(family: str, reference: dict) -> torch.Tensor:
@@ -96,10 +93,10 @@ def test_the_image_transform_gives_the_authors_input_bit_for_bit(loaded):
 
 def test_contrastive_features_and_similarity_equal_the_authors(loaded):
     _, reference, _, _, images, texts = loaded
-    assert _relative(images["embedding"], reference["image_embeddings"]) <= TOLERANCE
-    assert _relative(texts["embedding"], reference["text_embeddings"]) <= TOLERANCE
+    assert relative_to_max(images["embedding"], reference["image_embeddings"]) <= TOLERANCE
+    assert relative_to_max(texts["embedding"], reference["text_embeddings"]) <= TOLERANCE
     similarity = texts["embedding"] @ images["embedding"].T
-    assert _relative(similarity, reference["itc_similarity"]) <= TOLERANCE
+    assert relative_to_max(similarity, reference["itc_similarity"]) <= TOLERANCE
     k = reference["k"]
     for mine, theirs in ((similarity, reference["t2i_topk_index"]), (similarity.T, reference["i2t_topk_index"])):
         chosen = torch.sort(mine, dim=1, descending=True, stable=True).indices[:, :k]
@@ -110,7 +107,7 @@ def test_matching_logits_equal_the_authors_in_both_directions(loaded):
     _, reference, model, _, images, texts = loaded
     for direction in ("t2i", "i2t"):
         mine = shortlist_scores(model, images, texts, reference[f"{direction}_topk_index"], direction)
-        assert _relative(mine, reference[f"{direction}_topk_itm"]) <= TOLERANCE
+        assert relative_to_max(mine, reference[f"{direction}_topk_itm"]) <= TOLERANCE
 
 
 def test_a_pair_scores_the_same_alone_and_among_other_images_pairs(loaded):
@@ -122,7 +119,7 @@ def test_a_pair_scores_the_same_alone_and_among_other_images_pairs(loaded):
     alone = torch.stack(
         [match_pairs(model, images, texts, t[None], i[None])[0] for t, i in zip(texts_all, images_all, strict=True)]
     )
-    assert _relative(together, alone) <= 1e-5
+    assert relative_to_max(together, alone) <= 1e-5
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -266,4 +263,4 @@ def test_bf16_matching_stays_close_to_fp32(loaded):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = match_pairs(model, images, texts, text_rows, image_rows)
     assert half.dtype == torch.bfloat16 or half.dtype == torch.float32
-    assert _relative(half.float(), full) <= 0.1
+    assert relative_to_max(half.float(), full) <= 0.1

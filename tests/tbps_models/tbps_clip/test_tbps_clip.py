@@ -8,10 +8,8 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tbps_bench.cli import main
 from tbps_bench.errors import BenchError
@@ -21,6 +19,7 @@ from tbps_models.tbps_clip.captions import clean_caption
 from tbps_models.tbps_clip.model import TBPS_CLIP_PRESET, load_tbps_clip, read_file
 
 from paths import FIXTURES
+from reference_checks import assert_resized_like_the_authors, relative_to_max
 
 FOLDER = FIXTURES / "tbps_clip_reference"
 CHECKPOINT = FOLDER / "tbps_clip_checkpoint.pth"
@@ -34,10 +33,6 @@ def _pixels() -> torch.Tensor:
     return (REFERENCE["pixels"].float() / 255 - mean) / std
 
 
-def _relative(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((mine.float() - reference).abs().max() / reference.abs().max())
-
-
 def _similarity(model) -> torch.Tensor:
     with torch.no_grad():
         texts = model.towers.encode_texts(REFERENCE["tokens"])
@@ -49,11 +44,7 @@ def _similarity(model) -> torch.Tensor:
 def test_cleaning_tokens_and_pixels_equal_the_authors():
     assert [clean_caption(c) for c in REFERENCE["captions"]] == REFERENCE["pre_captions"]
     assert torch.equal(TBPS_CLIP_PRESET.tokenize(REFERENCE["captions"], 77)["ids"], REFERENCE["tokens"])
-    resize = TBPS_CLIP_PRESET.image_transform().transforms[0]
-    for index, name in enumerate(REFERENCE["image_files"]):
-        with Image.open(FOLDER / "CUHK-PEDES" / "imgs" / name) as image:
-            pixels = torch.from_numpy(np.array(resize(image.convert("RGB")))).permute(2, 0, 1)
-        assert torch.equal(pixels, REFERENCE["pixels"][index]), name
+    assert_resized_like_the_authors(TBPS_CLIP_PRESET, FOLDER / "CUHK-PEDES" / "imgs", REFERENCE)
 
 
 def test_cleaning_rule():
@@ -66,9 +57,11 @@ def test_embeddings_and_similarity_equal_the_authors():
     assert model.variant == "full"
     assert model.architecture.image_size == (224, 224) and model.architecture.stride == 16
     with torch.no_grad():
-        assert _relative(model.towers.encode_images(_pixels()), REFERENCE["image_embeddings"]) <= TOLERANCE
-        assert _relative(model.towers.encode_texts(REFERENCE["tokens"]), REFERENCE["text_embeddings"]) <= TOLERANCE
-    assert _relative(_similarity(model), REFERENCE["similarity"]) <= TOLERANCE
+        assert relative_to_max(model.towers.encode_images(_pixels()), REFERENCE["image_embeddings"]) <= TOLERANCE
+        assert (
+            relative_to_max(model.towers.encode_texts(REFERENCE["tokens"]), REFERENCE["text_embeddings"]) <= TOLERANCE
+        )
+    assert relative_to_max(_similarity(model), REFERENCE["similarity"]) <= TOLERANCE
     # the raw captions tokenize differently: the cleaning is part of the function
     from tbps_models.clip_towers.tokenizer import tokenize
 
@@ -91,7 +84,7 @@ def _simplified(tmp_path: Path) -> Path:
 def test_the_simplified_variant_loads_and_scores_the_same(tmp_path):
     model = load_tbps_clip(_simplified(tmp_path))
     assert model.variant == "simplified"
-    assert _relative(_similarity(model), REFERENCE["similarity"]) <= TOLERANCE
+    assert relative_to_max(_similarity(model), REFERENCE["similarity"]) <= TOLERANCE
 
 
 @pytest.mark.parametrize("variant", ["full", "simplified"])
