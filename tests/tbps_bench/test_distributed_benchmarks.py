@@ -1,6 +1,6 @@
 """Scale: exact metrics of 20,000 text queries over a 1,000,000-image gallery, 1 and 2 processes.
 
-Run with ``pytest tests/tbps_bench/test_distributed_benchmarks.py -m heavy --benchmark-enable -s``. Each world
+Run with ``pytest tests/tbps_bench/test_distributed_benchmarks.py -m heavy -n 0 --benchmark-enable -s``. Each world
 size runs in fresh processes under torchrun with the machine's cores split between them; each
 process reports its floor (every score tile of its shard), its exact-ranking time and its peak
 resident memory (``tests/tbps_bench/distributed/million.py``)."""

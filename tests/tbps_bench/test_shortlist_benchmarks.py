@@ -16,7 +16,7 @@ texts x 128 / 2,933 images, about 866 text-to-image pairs per image); here each 
 Caption lengths: ICFG-PEDES-like (mean 44 tokens, sd 8, clipped to the maximum; its captions average
 37 words). Useful work is counted by ``torch.utils.flop_counter``; the floor is a 2048^3 matrix
 product of the same precision in the same run. Run:
-``PYTHONSAFEPATH=1 python -m pytest tests/tbps_bench/test_shortlist_benchmarks.py -m heavy -s``.
+``PYTHONSAFEPATH=1 python -m pytest tests/tbps_bench/test_shortlist_benchmarks.py -m heavy -n 0 -s``.
 """
 
 from __future__ import annotations

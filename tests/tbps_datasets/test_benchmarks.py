@@ -1,5 +1,6 @@
 """CUHK-PEDES-sized costs of exactness: the image manifest in every feature-cache key, and ``data
-check`` decoding every image. Run: ``pytest tests/tbps_datasets/test_benchmarks.py -m heavy --benchmark-enable -s``.
+check`` decoding every image.
+Run: ``pytest tests/tbps_datasets/test_benchmarks.py -m heavy -n 0 --benchmark-enable -s``.
 """
 
 from __future__ import annotations

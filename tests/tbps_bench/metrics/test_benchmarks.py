@@ -1,8 +1,8 @@
 """Metric benchmarks: the chunked exact kernel beside the naive full-argsort and the bare floor.
 
-Run with ``pytest tests/tbps_bench/metrics/test_benchmarks.py -m heavy --benchmark-enable -s``. The ratio test times the
-first call in a fresh process (every one-time cost included) and a second, warm call, each beside
-the floor in its own fresh process, and asserts the ratios.
+Run with ``pytest tests/tbps_bench/metrics/test_benchmarks.py -m heavy -n 0 --benchmark-enable -s``.
+The ratio test times the first call in a fresh process (every one-time cost included) and a second,
+warm call, each beside the floor in its own fresh process, and asserts the ratios.
 """
 
 import multiprocessing

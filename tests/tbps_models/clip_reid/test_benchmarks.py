@@ -3,7 +3,7 @@
 ViT-B/16 at 384 x 128 (stride 16: 192 patches + the class token) and the 12-layer, 512-wide text
 transformer over 77 tokens, random weights, batch 64, fp32. "Useful" work counts the multiply-adds
 of the linear layers and of attention; the floor is the rate of a 2048^3 fp32 matrix product measured
-in the same run. Run: ``pytest tests/tbps_models/clip_reid/test_benchmarks.py -m heavy --benchmark-enable -s``.
+in the same run. Run: ``pytest tests/tbps_models/clip_reid/test_benchmarks.py -m heavy -n 0 --benchmark-enable -s``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A block of 200 images x 400 texts, d = 768, R = 6, L = 101, text lengths 20..45. Useful work is
 2 * R * n * d multiply-adds per pair (queries x keys and values x text values, true lengths n).
-Run: ``pytest tests/tbps_models/nafs/test_benchmarks.py -m heavy --benchmark-enable``.
+Run: ``pytest tests/tbps_models/nafs/test_benchmarks.py -m heavy -n 0 --benchmark-enable``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PLOT's pairwise score at the real width: tbps-bench's one matrix product of stored vectors against
 the authors' formulation (one product per slot, then the weighted sum) and a per-pair loop, on the
-same random features. Run: ``pytest tests/tbps_models/plot/test_benchmarks.py -m heavy --benchmark-enable -s``.
+same random features. Run: ``pytest tests/tbps_models/plot/test_benchmarks.py -m heavy -n 0 --benchmark-enable -s``.
 """
 
 from __future__ import annotations
