@@ -193,31 +193,49 @@ def test_files_of_other_methods_are_refused_by_name():
         load_checkpoint(_checkpoint("rasa"), family="irra")
 
 
-def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str, dict]]:
+def _bad_file(case: str, tmp_path: Path) -> tuple[Path, str, dict]:
+    """The checkpoint, the expected message and the method arguments of one bad-input case; only
+    that case's file is written (each is a copy of the reference checkpoint, 23 MB)."""
+    if case in ("vocabulary", "k", "max_words"):  # a good file with a bad argument
+        vocab = tmp_path / "vocab.txt"
+        vocab.write_text("[PAD]\n[UNK]\nhello\n")
+        return {
+            "vocabulary": (
+                _checkpoint("rasa"),
+                "has 3 lines; expected bert-base-uncased's vocab.txt (30522)",
+                {"vocab": str(vocab)},
+            ),
+            "k": (_checkpoint("rasa"), "shortlist size) must be an integer >= 1; got 0", {"k": 0}),
+            "max_words": (_checkpoint("rasa"), "'max_words' must be an integer", {"max_words": "fifty"}),
+        }[case]
     stored = _stored("rasa")
-    no_itm = {**stored, "model": {k: v for k, v in stored["model"].items() if not k.startswith("itm_head.")}}
-    other_size = {**stored, "config": {**stored["config"], "image_res": 256}}
-    extra = {**stored, "model": {**stored["model"], "adapter.lora_A": torch.zeros(2, 2)}}
-    integer = {**stored, "model": {**stored["model"], "itm_head.weight": torch.zeros(2, 64, dtype=torch.int8)}}
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("[PAD]\n[UNK]\nhello\n")
-    good = _checkpoint("rasa")
-    return {
-        "no itm head": (_save(tmp_path / "a.pth", no_itm), "'itm_head.weight' is missing", {}),
-        "image size": (_save(tmp_path / "b.pth", other_size), "image_res 256, but its position table is for 384", {}),
-        "unknown module": (_save(tmp_path / "c.pth", extra), "unknown entries ['adapter.lora_A']", {}),
-        "integer weights": (_save(tmp_path / "d.pth", integer), "'itm_head.weight' is torch.int8", {}),
-        "vocabulary": (good, "has 3 lines; expected bert-base-uncased's vocab.txt (30522)", {"vocab": str(vocab)}),
-        "k": (good, "shortlist size) must be an integer >= 1; got 0", {"k": 0}),
-        "max_words": (good, "'max_words' must be an integer", {"max_words": "fifty"}),
-    }
+    model, config = stored["model"], stored["config"]
+    changed, message = {
+        "no itm head": (
+            {**stored, "model": {k: v for k, v in model.items() if not k.startswith("itm_head.")}},
+            "'itm_head.weight' is missing",
+        ),
+        "image size": (
+            {**stored, "config": {**config, "image_res": 256}},
+            "image_res 256, but its position table is for 384",
+        ),
+        "unknown module": (
+            {**stored, "model": {**model, "adapter.lora_A": torch.zeros(2, 2)}},
+            "unknown entries ['adapter.lora_A']",
+        ),
+        "integer weights": (
+            {**stored, "model": {**model, "itm_head.weight": torch.zeros(2, 64, dtype=torch.int8)}},
+            "'itm_head.weight' is torch.int8",
+        ),
+    }[case]
+    return _save(tmp_path / "bad.pth", changed), message, {}
 
 
 @pytest.mark.parametrize(
     "case", ["no itm head", "image size", "unknown module", "integer weights", "vocabulary", "k", "max_words"]
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
-    path, message, method_args = _bad_files(tmp_path)[case]
+    path, message, method_args = _bad_file(case, tmp_path)
     out = tmp_path / "res"
     args = ["eval", "-m", "rasa", "-d", "cuhk-pedes", "--data-root", str(_folder("rasa")), "--checkpoint", str(path)]
     for key, value in method_args.items():
