@@ -11,29 +11,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
+#: pytest-xdist workers in this run (1 without xdist or with -n 0)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def _share_the_cores_between_workers() -> None:
     """Under pytest-xdist (the default run: ``-n auto`` in pyproject.toml) each worker gets its share of
-    the cores for torch's intra-op threads, and so do the processes its tests start: two workers
-    with a thread per core each oversubscribe the machine, and their spinning threads cost more CPU
-    time than the second worker saves (docs/benchmarks.md, "The test suite")."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if "PYTEST_XDIST_WORKER" not in os.environ or workers < 2:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // workers)
-    torch.set_num_threads(threads)
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = str(threads)
+    torch's intra-op threads, and so do the processes its tests start: two workers with a thread per
+    core each oversubscribe the machine, and their spinning threads cost more CPU time than the
+    second worker saves (docs/benchmarks.md, "The test suite")."""
+    threads = str(max(1, torch.get_num_threads() // WORKERS))
+    torch.set_num_threads(int(threads))
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
 
-_share_the_cores_between_workers()
+if WORKERS > 1:
+    _share_the_cores_between_workers()
 
 
 @pytest.fixture(autouse=True)
 def _benchmarks_run_alone(request):
     """The heavy benchmarks time the whole machine: beside another worker they would report a share
     of it, so they refuse to run under several workers."""
-    if request.node.get_closest_marker("heavy") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    if WORKERS > 1 and request.node.get_closest_marker("heavy"):
         pytest.fail(f"{request.node.name} is a benchmark: run it alone, with -n 0", pytrace=False)
 
 

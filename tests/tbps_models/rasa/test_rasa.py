@@ -193,47 +193,47 @@ def test_files_of_other_methods_are_refused_by_name():
         load_checkpoint(_checkpoint("rasa"), family="irra")
 
 
+#: bad-input cases that are a copy of the reference checkpoint with one change: (change, message)
+CHANGED_FILES = {
+    "no itm head": (
+        lambda s: {**s, "model": {k: v for k, v in s["model"].items() if not k.startswith("itm_head.")}},
+        "'itm_head.weight' is missing",
+    ),
+    "image size": (
+        lambda s: {**s, "config": {**s["config"], "image_res": 256}},
+        "image_res 256, but its position table is for 384",
+    ),
+    "unknown module": (
+        lambda s: {**s, "model": {**s["model"], "adapter.lora_A": torch.zeros(2, 2)}},
+        "unknown entries ['adapter.lora_A']",
+    ),
+    "integer weights": (
+        lambda s: {**s, "model": {**s["model"], "itm_head.weight": torch.zeros(2, 64, dtype=torch.int8)}},
+        "'itm_head.weight' is torch.int8",
+    ),
+}
+#: bad-input cases that are the good checkpoint with a bad method argument: (arguments, message)
+BAD_ARGUMENTS = {
+    "k": ({"k": 0}, "shortlist size) must be an integer >= 1; got 0"),
+    "max_words": ({"max_words": "fifty"}, "'max_words' must be an integer"),
+}
+
+
 def _bad_file(case: str, tmp_path: Path) -> tuple[Path, str, dict]:
     """The checkpoint, the expected message and the method arguments of one bad-input case; only
-    that case's file is written (each is a copy of the reference checkpoint, 23 MB)."""
-    if case in ("vocabulary", "k", "max_words"):  # a good file with a bad argument
+    that case's file is written (a changed copy of the reference checkpoint is 23 MB)."""
+    if case == "vocabulary":
         vocab = tmp_path / "vocab.txt"
         vocab.write_text("[PAD]\n[UNK]\nhello\n")
-        return {
-            "vocabulary": (
-                _checkpoint("rasa"),
-                "has 3 lines; expected bert-base-uncased's vocab.txt (30522)",
-                {"vocab": str(vocab)},
-            ),
-            "k": (_checkpoint("rasa"), "shortlist size) must be an integer >= 1; got 0", {"k": 0}),
-            "max_words": (_checkpoint("rasa"), "'max_words' must be an integer", {"max_words": "fifty"}),
-        }[case]
-    stored = _stored("rasa")
-    model, config = stored["model"], stored["config"]
-    changed, message = {
-        "no itm head": (
-            {**stored, "model": {k: v for k, v in model.items() if not k.startswith("itm_head.")}},
-            "'itm_head.weight' is missing",
-        ),
-        "image size": (
-            {**stored, "config": {**config, "image_res": 256}},
-            "image_res 256, but its position table is for 384",
-        ),
-        "unknown module": (
-            {**stored, "model": {**model, "adapter.lora_A": torch.zeros(2, 2)}},
-            "unknown entries ['adapter.lora_A']",
-        ),
-        "integer weights": (
-            {**stored, "model": {**model, "itm_head.weight": torch.zeros(2, 64, dtype=torch.int8)}},
-            "'itm_head.weight' is torch.int8",
-        ),
-    }[case]
-    return _save(tmp_path / "bad.pth", changed), message, {}
+        return _checkpoint("rasa"), "has 3 lines; expected bert-base-uncased's vocab.txt (30522)", {"vocab": str(vocab)}
+    if case in BAD_ARGUMENTS:
+        arguments, message = BAD_ARGUMENTS[case]
+        return _checkpoint("rasa"), message, arguments
+    change, message = CHANGED_FILES[case]
+    return _save(tmp_path / "bad.pth", change(_stored("rasa"))), message, {}
 
 
-@pytest.mark.parametrize(
-    "case", ["no itm head", "image size", "unknown module", "integer weights", "vocabulary", "k", "max_words"]
-)
+@pytest.mark.parametrize("case", [*CHANGED_FILES, "vocabulary", *BAD_ARGUMENTS])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     path, message, method_args = _bad_file(case, tmp_path)
     out = tmp_path / "res"
