@@ -9,6 +9,7 @@ our own, with ALBEF's key names, and the parity tests compare it with the author
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,9 @@ class _Projections(nn.Module):
 
 class CrossAttention(nn.Module):
     """Attention from each text position to one image's tokens (no mask), then ALBEF's
-    ``LayerNorm(x + dense(attention))``. Pairs arrive grouped by image: one matmul per image."""
+    ``LayerNorm(x + dense(attention))``. Pairs arrive grouped by image: each image's keys and values
+    are read by all its pairs' positions at once (``_attend``, or ``_attend_in_blocks`` in reduced
+    precision on CPU)."""
 
     def __init__(self, config, encoder_width: int):
         from transformers.models.bert.modeling_bert import BertSelfOutput
@@ -76,21 +79,55 @@ class CrossAttention(nn.Module):
         """Keys and values of each image, (images, heads, tokens, head width): once per image."""
         images, tokens, _ = image_tokens.shape
         split = (images, tokens, self.heads, -1)
-        key = self.self.key(image_tokens).view(split).transpose(1, 2)
-        value = self.self.value(image_tokens).view(split).transpose(1, 2)
+        # contiguous once here, not once per block of queries that reads them
+        key = self.self.key(image_tokens).view(split).transpose(1, 2).contiguous()
+        value = self.self.value(image_tokens).view(split).transpose(1, 2).contiguous()
         return key, value
 
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor], groups: list[tuple[int, slice]]):
         """``x``: (rows, hidden) text positions; ``groups``: (image, rows) runs that attend to one image."""
         key, value = memory
         query = self.self.query(x)
+        attend = _attend_in_blocks if query.device.type == "cpu" and query.dtype != torch.float32 else _attend
         attended = torch.empty_like(query)
         for image, rows in groups:
-            # the group's positions as one query sequence per head: (heads, rows, head width)
-            q = query[rows].view(rows.stop - rows.start, self.heads, -1).transpose(0, 1)
-            out = F.scaled_dot_product_attention(q, key[image], value[image])
-            attended[rows] = out.transpose(0, 1).reshape(rows.stop - rows.start, -1)
+            attend(query[rows], key[image], value[image], attended[rows])
         return self.output(attended, x)
+
+
+def _heads(rows: torch.Tensor, heads: int) -> torch.Tensor:
+    """(rows, heads * width) as (heads, rows, width), a view."""
+    return rows.view(rows.shape[0], heads, -1).transpose(0, 1)
+
+
+def _rows(per_head: torch.Tensor) -> torch.Tensor:
+    """(heads, rows, width) back to (rows, heads * width)."""
+    return per_head.transpose(0, 1).flatten(1)
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor) -> None:
+    """``softmax(q k^T / sqrt(d)) v`` of one image's query rows, into ``out`` (rows, heads * width):
+    torch's fused attention, which keeps the scores in fp32."""
+    out.copy_(_rows(F.scaled_dot_product_attention(_heads(query, key.shape[0]), key, value)))
+
+
+#: query rows a block in ``_attend_in_blocks``: one block's scores (12 heads x 128 rows x 577 keys
+#: in bf16, 1.7 MB) stay in the cores' caches between the two products
+ROWS_A_BLOCK = 128
+
+
+def _attend_in_blocks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor) -> None:
+    """The same attention written out (``q k^T``, softmax, ``v``) a block of rows at a time, for
+    bf16 / fp16 on CPU. There torch's fused kernel runs its products at the fp32 rate; these
+    products run at the reduced-precision rate (docs/benchmarks.md). The scores are rounded to the
+    reduced precision before the softmax, as the eager arithmetic of the authors' code and of
+    transformers' BERT is under autocast."""
+    heads, width = key.shape[0], key.shape[-1]
+    keys = key.transpose(1, 2)
+    for start in range(0, query.shape[0], ROWS_A_BLOCK):
+        block = slice(start, start + ROWS_A_BLOCK)
+        weights = torch.softmax(torch.bmm(_heads(query[block], heads), keys).div_(math.sqrt(width)), dim=-1)
+        out[block] = _rows(torch.bmm(weights, value))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from tbps_bench.shortlist import PAIR_BATCH
 from tbps_models.albef.model import CrossEncoder
 from tbps_models.albef.text import BertShape
 
+from albef_eager import eager_match
+
 K = 128
 PAIRS_PER_IMAGE = 128
 IMAGES = 4
@@ -101,20 +103,9 @@ def _ours(model, states, mask, tokens):
 
 def _authors_query(model, states, mask, tokens):
     """One query's K pairs in one forward pass, as their loop (their BERT code, these weights)."""
-    bert = model.bert
-    length = mask.shape[1]
-    x = states[:1].expand(K, -1, -1)
-    additive = bert.additive(mask[:1].expand(K, -1), x.dtype)
     images = tokens[torch.arange(K) % IMAGES]  # the query's K candidates
-    for layer in bert.encoder.layer[bert.shape.fusion_layer :]:
-        x = layer.attention(x, additive)[0]
-        cross = layer.crossattention
-        split = lambda t, heads=cross.heads: t.view(K, t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = split(cross.self.query(x)), split(cross.self.key(images)), split(cross.self.value(images))
-        weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        x = cross.output((weights @ v).transpose(1, 2).reshape(K, length, -1), x)
-        x = layer.output(layer.intermediate(x), x)
-    return model.itm_head(x[:, 0])[:, 1]
+    fusion_layer = model.bert.shape.fusion_layer
+    return eager_match(model, states[:1].expand(K, -1, -1), mask[:1].expand(K, -1), images, fusion_layer)
 
 
 def _seconds(function, *args, rounds: int = 2) -> tuple[float, float]:
