@@ -57,9 +57,13 @@ class CrossEncoder(nn.Module):
         image ``pair_image[p]`` of ``image_tokens``."""
         mask = texts["mask"]
         length = int(mask.sum(1).max())
-        mask = mask[:, :length]
+        x, start = self.matching_input(texts, length)
+        return self.itm_head(self.bert.fuse(x, mask[:, :length], image_tokens, pair_image, start))[:, 1]
+
+    def matching_input(self, texts: dict[str, torch.Tensor], length: int) -> tuple[torch.Tensor, int]:
+        """The hidden states the matching starts from, the first ``length`` positions, and the layer
+        it starts at: the embeddings of the ids at layer 0 (``match_from_ids``), or the text-only
+        layers' states at ``fusion_layer``."""
         if self.match_from_ids:
-            x, start = self.bert.embeddings(input_ids=texts["ids"][:, :length]), 0
-        else:
-            x, start = texts["states"][:, :length], self.bert.shape.fusion_layer
-        return self.itm_head(self.bert.fuse(x, mask, image_tokens, pair_image, start))[:, 1]
+            return self.bert.embeddings(input_ids=texts["ids"][:, :length]), 0
+        return texts["states"][:, :length], self.bert.shape.fusion_layer

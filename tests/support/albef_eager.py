@@ -5,7 +5,14 @@ each pair's own image tokens projected to keys and values, ``softmax(q k^T / sqr
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Their cross-attention, unmasked: ``softmax(q k^T / sqrt(d)) v`` over the last two dimensions."""
+    return torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]), dim=-1) @ value
 
 
 def eager_match(model, x: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, start: int) -> torch.Tensor:
@@ -24,7 +31,6 @@ def eager_match(model, x: torch.Tensor, mask: torch.Tensor, image_tokens: torch.
 
             q = split(cross.self.query(x))
             k, v = split(cross.self.key(image_tokens)), split(cross.self.value(image_tokens))
-            weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-            x = cross.output((weights @ v).transpose(1, 2).reshape(pairs, length, -1), x)
+            x = cross.output(eager_attention(q, k, v).transpose(1, 2).reshape(pairs, length, -1), x)
         x = layer.output(layer.intermediate(x), x)
     return model.itm_head(x[:, 0])[:, 1]

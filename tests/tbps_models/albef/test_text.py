@@ -3,12 +3,12 @@ against torch's fused attention and against the whole-matrix arithmetic it cuts 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from tbps_models.albef.text import ROWS_A_BLOCK, _attend, _attend_in_blocks
+
+from albef_eager import eager_attention
 
 HEADS, WIDTH, KEYS = 4, 16, 37
 
@@ -36,9 +36,7 @@ def test_blocks_round_as_the_whole_matrix_in_bf16():
     q k^T / sqrt(d) rounded to bf16, softmax, products in bf16."""
     rows = 2 * ROWS_A_BLOCK + 3
     query, key, value = _problem(rows, torch.bfloat16)
-    per_head = query.view(rows, HEADS, WIDTH).transpose(0, 1)
-    weights = torch.softmax(per_head @ key.transpose(1, 2) / math.sqrt(WIDTH), dim=-1)
-    whole = (weights @ value).transpose(0, 1).reshape(rows, -1)
+    whole = eager_attention(query.view(rows, HEADS, WIDTH).transpose(0, 1), key, value).transpose(0, 1).flatten(1)
     blocked = torch.empty_like(query)
     _attend_in_blocks(query, key, value, blocked)
     torch.testing.assert_close(blocked, whole, rtol=0, atol=0)

@@ -279,13 +279,11 @@ def _bf16_and_fp32_scores(loaded) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     k = t2i.shape[1]
     text_rows, image_rows = torch.arange(len(t2i)).repeat_interleave(k), t2i.reshape(-1)
     full = match_pairs(model, images, texts, text_rows, image_rows)
-    if model.match_from_ids:
-        start, first = 0, lambda: model.bert.embeddings(input_ids=texts["ids"][text_rows])
-    else:
-        start, first = model.bert.shape.fusion_layer, lambda: texts["states"][text_rows]
+    rows = {key: value[text_rows] for key, value in texts.items()}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         half = match_pairs(model, images, texts, text_rows, image_rows)
-        authors = eager_match(model, first(), texts["mask"][text_rows], images["tokens"][image_rows], start)
+        x, start = model.matching_input(rows, rows["mask"].shape[1])  # every padded position, as theirs
+        authors = eager_match(model, x, rows["mask"], images["tokens"][image_rows], start)
     return half.float(), full, authors.float()
 
 
